@@ -1,0 +1,25 @@
+"""graphc: a compiler for training steps. Build a symbolic graph, take ``grad``
+symbolically, and compile forward + backward + updates into one call.
+
+>>> import graphc as gc
+>>> x = gc.input("x", ("batch", 4)); W = gc.param("W", np.zeros((4, 2), np.float32))
+>>> loss = gc.mean(gc.square(x @ W)); gW = gc.grad(loss, W)
+>>> step = gc.function([x], loss, updates=[(W, W - 0.1 * gW)])
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import ops
+from .autodiff import grad
+from .check import check_grad
+from .errors import CacheError, DTypeError, GraphcError, InputError, ShapeError
+from .function import Function, function
+from .graph import format, to_dot, to_networkx, toposort
+from .ir import Node, constant, input, param
+from .ops import *  # noqa: F403 - the op functions are the public API
+
+__all__ = [
+    "__version__", "grad", "check_grad", "function", "Function", "format", "to_dot", "to_networkx", "toposort",
+    "Node", "constant", "input", "param", "ops", "GraphcError", "ShapeError", "DTypeError", "InputError", "CacheError",
+] + ops.__all__

@@ -1,0 +1,1 @@
+"""Backends: turn a compiled program into something that runs. ``numpy`` is the reference."""

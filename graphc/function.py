@@ -1,0 +1,155 @@
+"""``gc.function``: validate a graph, compile it for a target, and call it safely.
+
+Every argument is checked in Python before any backend runs (compiled code does no
+bounds checks), and param updates are committed only after the whole step succeeded."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import DTypeError, GraphcError, InputError, ShapeError, fmt_site
+from .graph import toposort
+from .ir import Node, as_node
+from .ops import broadcast_to
+from .shapes import broadcast, fmt_shape, resolve_dim
+
+TARGETS = ("numpy",)
+
+
+def _normalize_updates(updates) -> list[tuple[Node, Node]]:
+    if updates is None:
+        return []
+    items = list(updates.items()) if isinstance(updates, dict) else list(updates)
+    out, seen = [], set()
+    for item in items:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise GraphcError(f"updates must be (param, expression) pairs, got {item!r}")
+        p, e = item
+        if not isinstance(p, Node) or p.op.name != "param":
+            raise GraphcError(f"update target {p!r} is not a param")
+        if p.id in seen:
+            raise GraphcError(f"param {p.name} is updated twice")
+        seen.add(p.id)
+        e = as_node(e, p)
+        if e.dtype != p.dtype:
+            raise DTypeError(f"update of {p.name}: expression {e.label()} has dtype {e.dtype}, param is {p.dtype}")
+        if e.shape != p.shape:
+            try:
+                if broadcast(e.shape, p.shape) != p.shape:
+                    raise ShapeError("")
+            except ShapeError:
+                raise ShapeError(f"update of {p.name}: expression {e.label()} has shape {fmt_shape(e.shape)}, "
+                                 f"param has {fmt_shape(p.shape)}") from None
+            e = broadcast_to(e, p.shape)
+        out.append((p, e))
+    return out
+
+
+class Function:
+    """A compiled step. Call it with arrays for its inputs, in order."""
+
+    def __init__(self, inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True):
+        if target not in TARGETS:
+            raise GraphcError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        self.target, self.optimize = target, optimize
+        self.inputs = list(inputs) if not isinstance(inputs, Node) else [inputs]
+        names = set()
+        for x in self.inputs:
+            if not isinstance(x, Node) or x.op.name != "input":
+                raise GraphcError(f"inputs must be gc.input nodes, got {x!r}")
+            if x.name in names:
+                raise GraphcError(f"input name {x.name!r} appears twice")
+            names.add(x.name)
+        self.single = isinstance(outputs, Node)
+        self.outputs = [outputs] if self.single else list(outputs)
+        for o in self.outputs:
+            if not isinstance(o, Node):
+                raise GraphcError(f"outputs must be graph nodes, got {type(o).__name__}")
+        self.updates = _normalize_updates(updates)
+        self.roots = self.outputs + [e for _, e in self.updates]
+        order = toposort(self.roots)
+        given = {x.id for x in self.inputs}
+        for n in order:
+            if n.op.name == "input" and n.id not in given:
+                raise GraphcError(f"the graph needs input {n.name!r} ({fmt_site(n.site)}), which is not in the inputs list")
+        self.params = [n for n in order if n.op.name == "param"]
+        self._index_checks = self._find_index_checks(order)
+        self._program = self._compile()
+
+    def _find_index_checks(self, order):
+        """Index operands that come straight from an input are range-checked at call time."""
+        pos = {x.id: k for k, x in enumerate(self.inputs)}
+        checks = []
+        for n in order:
+            bound = n.op.extra.get("index_bound")
+            if bound is None:
+                continue
+            idx = n.inputs[0] if n.op.name == "one_hot" else n.inputs[1]
+            if idx.id in pos:
+                checks.append((pos[idx.id], bound(n), n))
+        return checks
+
+    def _compile(self):
+        from .backends.reference import ReferenceProgram
+        return ReferenceProgram(self.roots)
+
+    def _bind(self, args: tuple) -> tuple[dict, dict]:
+        if len(args) != len(self.inputs):
+            names = ", ".join(x.name for x in self.inputs)
+            raise InputError(f"expected {len(self.inputs)} arguments ({names}), got {len(args)}")
+        env: dict[str, int] = {}
+        who: dict[str, str] = {}
+        feeds = {}
+        for x, a in zip(self.inputs, args):
+            if isinstance(a, (int, float, bool, np.generic)) and not isinstance(a, np.ndarray):
+                a = np.asarray(a)
+            if not isinstance(a, np.ndarray):
+                raise InputError(f"input {x.name} ({fmt_site(x.site)}): expected a numpy array, got {type(a).__name__}")
+            if a.dtype != x.dtype:
+                if not np.can_cast(a.dtype, x.dtype, "safe"):
+                    raise InputError(f"input {x.name} ({fmt_site(x.site)}): dtype {a.dtype} cannot be cast safely to "
+                                     f"{x.dtype}; convert it with .astype(np.{x.dtype.name})")
+                a = a.astype(x.dtype)
+            if a.ndim != x.ndim:
+                raise InputError(f"input {x.name} ({fmt_site(x.site)}): expected {x.ndim}-d shape {fmt_shape(x.shape)}, "
+                                 f"got {a.ndim}-d {fmt_shape(a.shape)}")
+            for axis, (d, actual) in enumerate(zip(x.shape, a.shape)):
+                if isinstance(d, int):
+                    if d != actual:
+                        raise InputError(f"input {x.name} ({fmt_site(x.site)}): axis {axis} has size {actual}, "
+                                         f"expected {d} (shape {fmt_shape(x.shape)})")
+                elif d in env and env[d] != actual:
+                    raise InputError(f"input {x.name} ({fmt_site(x.site)}): dim {d!r} is {actual} here but {env[d]} "
+                                     f"in input {who[d]}")
+                else:
+                    env[d], who[d] = actual, x.name
+            feeds[x.id] = a
+        for k, bound, n in self._index_checks:
+            a, n_max = feeds[self.inputs[k].id], resolve_dim(bound, env)
+            if a.size and (a.min() < 0 or a.max() >= n_max):
+                bad = a[(a < 0) | (a >= n_max)].flat[0]
+                raise InputError(f"input {self.inputs[k].name}: index {bad} is out of range [0, {n_max}) "
+                                 f"for {n.op.name} ({fmt_site(n.site)})")
+        return feeds, env
+
+    def __call__(self, *args: Any):
+        feeds, env = self._bind(args)
+        for p in self.params:
+            feeds[p.id] = p._param.value
+        values = self._program.run(feeds, env)
+        outs = values[:len(self.outputs)]
+        outs = [np.array(v, copy=True) if o.op.kind == "source" else v for o, v in zip(self.outputs, outs)]
+        # Commit updates only now: a failed step leaves every param as it was.
+        for (p, _), v in zip(self.updates, values[len(self.outputs):]):
+            p._param.value = np.array(v, dtype=p.dtype, order="C", copy=True)
+        return outs[0] if self.single else outs
+
+
+def function(inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True) -> Function:
+    """Compile ``outputs`` (a node or a list) of ``inputs``, with param ``updates``
+    applied after each call, for ``target``.
+
+    >>> f = gc.function([x, y], [loss, gW], updates=[(W, W - 0.1 * gW)])
+    """
+    return Function(inputs, outputs, updates, target, optimize)

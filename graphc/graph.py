@@ -1,0 +1,133 @@
+"""Whole-graph views: topological order, networkx export, text and DOT rendering."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import networkx as nx
+import numpy as np
+
+from .errors import fmt_site
+from .ir import Node
+
+
+def _as_list(nodes) -> list[Node]:
+    return [nodes] if isinstance(nodes, Node) else list(nodes)
+
+
+def to_networkx(nodes: Node | Iterable[Node]) -> nx.DiGraph:
+    """The DAG reachable from ``nodes``, keyed by node id. Node attributes:
+    ``node`` (the Node), ``op``, ``shape``, ``dtype``, ``phase``, ``site``; edges carry ``shape``."""
+    G = nx.DiGraph()
+    stack, seen = _as_list(nodes), set()
+    while stack:
+        n = stack.pop()
+        if n.id in seen:
+            continue
+        seen.add(n.id)
+        G.add_node(n.id, node=n, op=n.op.name, shape=n.shape, dtype=n.dtype.name, phase=n.phase,
+                   site=fmt_site(n.site), label=n.name or f"%{n.id}")
+        for i in n.inputs:
+            G.add_edge(i.id, n.id, shape=i.shape)
+            stack.append(i)
+    return G
+
+
+def toposort(nodes: Node | Iterable[Node]) -> list[Node]:
+    """Every node reachable from ``nodes``, inputs before users; ties broken by creation order."""
+    G = to_networkx(nodes)
+    return [G.nodes[i]["node"] for i in nx.lexicographical_topological_sort(G)]
+
+
+def _short(dtype: np.dtype) -> str:
+    return {"float32": "f32", "float64": "f64", "int64": "i64", "int32": "i32", "bool": "bool"}.get(dtype.name, dtype.name)
+
+
+def _type(n: Node) -> str:
+    return f"{_short(n.dtype)}[{','.join(str(d) for d in n.shape)}]"
+
+
+def _attrs(n: Node) -> str:
+    parts = []
+    for k, v in n.attrs.items():
+        if k == "value":
+            continue
+        parts.append(f"{k}={v.name if isinstance(v, np.dtype) else v}")
+    return (" {" + ", ".join(parts) + "}") if parts else ""
+
+
+def namer(order: list[Node]):
+    """Readable names: inputs and params by name, small constants inline, others %0, %1, ..."""
+    names: dict[int, str] = {}
+    k = 0
+    for n in order:
+        if n.name:
+            names[n.id] = n.name
+        elif n.op.name == "constant" and n.attrs["value"].size == 1:
+            names[n.id] = repr(n.attrs["value"].item())
+        else:
+            names[n.id] = f"%{k}"
+            k += 1
+    return names
+
+
+def describe(n: Node, names: dict) -> str:
+    """Where a node came from: the user's line, and for gradient nodes the forward op."""
+    site = fmt_site(n.site)
+    if n.origin is None:
+        return site
+    o = n.origin
+    what = f"∂ of {o.op.name} {names.get(o.id, '%' + str(o.id))}"
+    if n.adjoint_of is not None:
+        what = f"∂L/∂{names.get(n.adjoint_of.id, '%' + str(n.adjoint_of.id))}; " + what
+    return f"{what} ({site})"
+
+
+def format(nodes: Node | Iterable[Node]) -> str:  # noqa: A001 - the public name
+    """The graph as text, one op per line with shapes, dtypes and sources (like a jaxpr).
+
+    >>> print(gc.format(loss))
+    """
+    outs = _as_list(nodes)
+    order = toposort(outs)
+    names = namer(order)
+    srcs = [n for n in order if n.op.kind == "source" and not (n.op.name == "constant" and n.attrs["value"].size == 1)]
+    lines = ["{ " + " ".join(f"{names[n.id]}:{_type(n)}" + (" (param)" if n.op.name == "param" else "") for n in srcs) + " ."]
+    body = []
+    for n in order:
+        if n.op.kind == "source":
+            continue
+        args = " ".join(names[i.id] for i in n.inputs)
+        body.append((f"  {names[n.id]}:{_type(n)} = {n.op.name} {args}{_attrs(n)}", describe(n, names)))
+    width = max((len(a) for a, _ in body), default=0)
+    lines += [f"{a.ljust(width)}  # {b}" for a, b in body]
+    lines.append("  in (" + ", ".join(names[n.id] for n in outs) + ") }")
+    return "\n".join(lines)
+
+
+def to_dot(nodes: Node | Iterable[Node], clusters: dict[int, str] | None = None) -> str:
+    """Graphviz DOT text. Gradient nodes are orange, params green, inputs blue; edges
+    carry shapes. ``clusters`` maps node ids to a cluster name (fused kernels)."""
+    order = toposort(nodes)
+    names = namer(order)
+    out = ["digraph graphc {", "  rankdir=TB; node [shape=box, style=filled, fontname=Helvetica, fontsize=10];"]
+
+    def decl(n: Node) -> str:
+        color = {"input": "#cfe2ff", "param": "#d1e7dd", "constant": "#eeeeee"}.get(
+            n.op.name, "#ffe5cc" if n.phase == "backward" else "#ffffff")
+        label = f"{names[n.id]} = {n.op.name}\\n{_type(n)}" if n.op.kind != "source" else f"{names[n.id]}\\n{_type(n)}"
+        return f'    n{n.id} [label="{label}", fillcolor="{color}", tooltip="{fmt_site(n.site)}"];'
+
+    groups: dict[str, list[Node]] = {}
+    for n in order:
+        groups.setdefault((clusters or {}).get(n.id, ""), []).append(n)
+    for g, members in groups.items():
+        if g:
+            out.append(f'  subgraph "cluster_{g}" {{ label="{g}"; style=dashed;')
+        out += [decl(n) for n in members]
+        if g:
+            out.append("  }")
+    for n in order:
+        for i in n.inputs:
+            out.append(f'  n{i.id} -> n{n.id} [label="{",".join(map(str, i.shape))}", fontsize=8];')
+    out.append("}")
+    return "\n".join(out)

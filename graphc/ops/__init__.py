@@ -1,0 +1,48 @@
+"""graphc's ops. Importing this package registers every primitive and gives nodes
+their NumPy-style operators and methods."""
+from __future__ import annotations
+
+from ..ir import Node
+from . import elementwise, index, linalg, nn, reduce, shape
+from .elementwise import (abs, cast, ew, exp, log, log1p, maximum, minimum, relu, sigmoid, sign, softplus,
+                          sqrt, square, stop_gradient, tanh, where)
+from .index import one_hot, take
+from .linalg import matmul
+from .nn import log_softmax, logsumexp, mse, softmax, softmax_cross_entropy
+from .reduce import max, mean, min, sum, sum_to
+from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squeeze, swapaxes, transpose
+
+__all__ = [
+    "abs", "broadcast_to", "cast", "concatenate", "exp", "expand_dims", "log", "log1p", "log_softmax",
+    "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "one_hot", "relu", "reshape",
+    "sigmoid", "sign", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze",
+    "stop_gradient", "sum", "sum_to", "swapaxes", "take", "tanh", "transpose", "where",
+    "elementwise", "index", "linalg", "nn", "reduce", "shape",
+]
+
+
+def _binary(name: str, reflected: bool = False):
+    if reflected:
+        return lambda self, other: ew(name, other, self)
+    return lambda self, other: ew(name, self, other)
+
+
+for _op, _name in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("truediv", "div"), ("pow", "pow")):
+    setattr(Node, f"__{_op}__", _binary(_name))
+    setattr(Node, f"__r{_op}__", _binary(_name, reflected=True))
+for _op, _name in (("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge"), ("eq", "eq"), ("ne", "ne")):
+    setattr(Node, f"__{_op}__", _binary(_name))
+Node.__hash__ = lambda self: self.id  # __eq__ is elementwise, as in NumPy; identity stays the hash
+Node.__neg__ = lambda self: ew("neg", self)
+Node.__pos__ = lambda self: self
+Node.__abs__ = lambda self: abs(self)
+Node.__matmul__ = lambda self, other: matmul(self, other)
+Node.__rmatmul__ = lambda self, other: matmul(other, self)
+Node.__getitem__ = getitem
+Node.T = property(lambda self: transpose(self))
+Node.mT = property(lambda self: swapaxes(self, -1, -2))
+Node.astype = lambda self, dtype: cast(self, dtype)
+Node.reshape = lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], (int, str)) else shape)
+Node.sum = lambda self, axis=None, keepdims=False: sum(self, axis, keepdims)
+Node.mean = lambda self, axis=None, keepdims=False: mean(self, axis, keepdims)
+Node.max = lambda self, axis=None, keepdims=False: max(self, axis, keepdims)
