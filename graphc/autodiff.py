@@ -2,7 +2,7 @@
 backward graph in the same IR, so it can be inspected, optimized and differentiated again."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .errors import DTypeError, GraphcError, ShapeError
 from .graph import toposort
@@ -30,6 +30,8 @@ def grad(loss: Node, wrt: Node | Sequence[Node]) -> Node | list[Node]:
         if w.dtype.kind != "f":
             raise DTypeError(f"grad with respect to {w.label()}: dtype {w.dtype} is not float")
 
+    from .passes import stabilize
+    loss = stabilize([loss])[0]  # differentiate log_softmax, not log(softmax): finite at any logits
     order = toposort([loss])
     # Only nodes on a path from some target to the loss need adjoints.
     live = {w.id for w in targets}

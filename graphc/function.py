@@ -4,7 +4,8 @@ Every argument is checked in Python before any backend runs (compiled code does 
 bounds checks), and param updates are committed only after the whole step succeeded."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from .errors import DTypeError, GraphcError, InputError, ShapeError, fmt_site
 from .graph import toposort
 from .ir import Node, as_node
 from .ops import broadcast_to
+from .program import build_program
 from .shapes import broadcast, fmt_shape, resolve_dim
 
 TARGETS = ("numpy",)
@@ -75,6 +77,7 @@ class Function:
                 raise GraphcError(f"the graph needs input {n.name!r} ({fmt_site(n.site)}), which is not in the inputs list")
         self.params = [n for n in order if n.op.name == "param"]
         self._index_checks = self._find_index_checks(order)
+        self._last_env: dict | None = None
         self._program = self._compile()
 
     def _find_index_checks(self, order):
@@ -92,7 +95,18 @@ class Function:
 
     def _compile(self):
         from .backends.reference import ReferenceProgram
-        return ReferenceProgram(self.roots)
+        self.program = build_program(self.outputs, self.updates, self.optimize)
+        return ReferenceProgram(self.program)
+
+    @property
+    def kernels(self) -> list:
+        """The step's kernels in execution order (see ``graphc.passes.fusion.Kernel``)."""
+        return self.program.kernels
+
+    def report(self, env: dict | None = None) -> str:
+        """What the compiler did: passes, kernels, fusion decisions, memory, FLOPs and bytes."""
+        from .report import report
+        return report(self, env if env is not None else self._last_env)
 
     def _bind(self, args: tuple) -> tuple[dict, dict]:
         if len(args) != len(self.inputs):
@@ -135,6 +149,7 @@ class Function:
 
     def __call__(self, *args: Any):
         feeds, env = self._bind(args)
+        self._last_env = env
         for p in self.params:
             feeds[p.id] = p._param.value
         values = self._program.run(feeds, env)

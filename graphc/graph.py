@@ -1,7 +1,7 @@
 """Whole-graph views: topological order, networkx export, text and DOT rendering."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import networkx as nx
 import numpy as np
@@ -76,9 +76,9 @@ def describe(n: Node, names: dict) -> str:
     if n.origin is None:
         return site
     o = n.origin
-    what = f"∂ of {o.op.name} {names.get(o.id, '%' + str(o.id))}"
-    if n.adjoint_of is not None:
-        what = f"∂L/∂{names.get(n.adjoint_of.id, '%' + str(n.adjoint_of.id))}; " + what
+    what = f"∂ of {o.op.name}" + (f" {names[o.id]}" if o.id in names else "")
+    if n.adjoint_of is not None and n.adjoint_of.id in names:
+        what = f"∂L/∂{names[n.adjoint_of.id]}; " + what
     return f"{what} ({site})"
 
 

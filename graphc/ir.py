@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,8 @@ _ids = itertools.count()
 
 # While autodiff runs a gradient rule, the forward node it differentiates.
 _ORIGIN: contextvars.ContextVar = contextvars.ContextVar("graphc_origin", default=None)
+# While a pass rewrites a node, the node whose provenance (site, origin) new nodes inherit.
+_REPLACING: contextvars.ContextVar = contextvars.ContextVar("graphc_replacing", default=None)
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,13 @@ class Node:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.name = name
-        self.origin = _ORIGIN.get()   # forward node whose gradient rule made this one
-        # A gradient node points at the user's line of the forward op it differentiates.
-        self.site = self.origin.site if self.origin is not None else site if site is not None else user_site()
+        old = _REPLACING.get()
+        if old is not None:  # built by a rewrite: keep the provenance of the node it replaces
+            self.origin, self.site = old.origin, old.site
+        else:
+            self.origin = _ORIGIN.get()   # forward node whose gradient rule made this one
+            # A gradient node points at the user's line of the forward op it differentiates.
+            self.site = self.origin.site if self.origin is not None else site if site is not None else user_site()
         self.adjoint_of = None        # set by autodiff on the total gradient of a node
         self.id = next(_ids)
         self._param = None
@@ -220,6 +227,19 @@ def as_node(v, like: Node | None = None) -> Node:
     if isinstance(v, (np.ndarray, list, tuple)):
         return constant(np.asarray(v))
     raise GraphcError(f"cannot use {type(v).__name__} {v!r} in a graph")
+
+
+class replacing:
+    """Context: nodes built inside inherit ``node``'s source line and gradient origin."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    def __enter__(self):
+        self.tok = _REPLACING.set(self.node)
+
+    def __exit__(self, *exc):
+        _REPLACING.reset(self.tok)
 
 
 class origin_of:

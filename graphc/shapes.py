@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 from math import prod
-from typing import Union
 
 from .errors import ShapeError
 
-Dim = Union[int, str]
+Dim = int | str
 Shape = tuple  # tuple[Dim, ...]
 
 

@@ -1,12 +1,14 @@
-"""The NumPy reference backend: an interpreter over the program's ops, the oracle every
-compiled backend is checked against."""
+"""The NumPy reference backend: runs the program's kernels in order, each op with its
+NumPy reference, keeping only kernel outputs and dropping them when the memory plan
+says they are dead. It is the oracle every compiled backend is checked against, and
+checks the schedule and the memory plan as it goes."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import GraphcError, fmt_site
-from ..graph import toposort
 from ..ir import Node
+from ..program import Program
 from ..shapes import resolve
 
 
@@ -19,34 +21,45 @@ def _resolve_attrs(attrs: dict, env: dict) -> dict:
     return out
 
 
-def evaluate(order: list[Node], values: dict[int, np.ndarray], env: dict) -> dict[int, np.ndarray]:
-    """Run ``order`` (topologically sorted) given source values; returns every value."""
-    with np.errstate(all="ignore"):  # NaN and inf propagate, as in NumPy
-        for n in order:
-            if n.id in values:
-                continue
-            if n.op.name == "constant":
-                values[n.id] = n.attrs["value"]
-                continue
-            args = [values[i.id] for i in n.inputs]
-            try:
-                out = n.op.ref(*args, **_resolve_attrs(n.attrs, env))
-            except (IndexError, ValueError, FloatingPointError) as e:
-                raise GraphcError(f"{n.op.name} ({fmt_site(n.site)}): {e}") from None
-            out = np.asarray(out)
-            if out.dtype != n.dtype:  # a broken rule, never the user's fault
-                raise AssertionError(f"{n.op.name}: computed {out.dtype}, inferred {n.dtype}")
-            values[n.id] = out
-    return values
+def evaluate(n: Node, values: dict[int, np.ndarray], env: dict) -> np.ndarray:
+    """The value of ``n`` given the values of its inputs (views are computed on demand)."""
+    if n.id in values:
+        return values[n.id]
+    if n.op.name == "constant":
+        return n.attrs["value"]
+    if n.op.kind == "source":
+        raise AssertionError(f"no value fed for {n!r}")
+    args = []
+    for i in n.inputs:
+        if i.id in values:
+            args.append(values[i.id])
+        elif i.op.kind in ("shape", "source", "meta") or i.op.name == "stop_gradient":
+            args.append(evaluate(i, values, env))  # views and constants cost nothing
+        else:
+            raise AssertionError(f"schedule bug: {i!r} is needed by {n!r} but was not computed or was freed")
+    try:
+        out = np.asarray(n.op.ref(*args, **_resolve_attrs(n.attrs, env)))
+    except (IndexError, ValueError, FloatingPointError) as e:
+        raise GraphcError(f"{n.op.name} ({fmt_site(n.site)}): {e}") from None
+    if out.dtype != n.dtype:  # a broken rule, never the user's fault
+        raise AssertionError(f"{n.op.name}: computed {out.dtype}, inferred {n.dtype}")
+    return out
 
 
 class ReferenceProgram:
-    """Evaluates ``roots`` given the feeds of ``sources`` (inputs and params)."""
-
-    def __init__(self, roots: list[Node]):
-        self.order = toposort(roots)
-        self.roots = roots
+    def __init__(self, program: Program):
+        self.program = program
 
     def run(self, feeds: dict[int, np.ndarray], env: dict) -> list[np.ndarray]:
-        values = evaluate(self.order, dict(feeds), env)
-        return [values[r.id] for r in self.roots]
+        prog = self.program
+        values = dict(feeds)  # sources and kernel outputs only
+        with np.errstate(all="ignore"):  # NaN and inf propagate, as in NumPy
+            for k in prog.kernels:
+                local = dict(values)
+                for n in k.nodes:
+                    local[n.id] = evaluate(n, local, env)
+                for o in k.outputs:
+                    values[o.id] = local[o.id]
+                for dead in prog.memory.frees.get(k.index, ()):
+                    values.pop(dead, None)
+            return [evaluate(r, values, env) for r in prog.roots]

@@ -4,9 +4,26 @@ from __future__ import annotations
 
 from ..ir import Node
 from . import elementwise, index, linalg, nn, reduce, shape
-from .elementwise import (abs, cast, ew, exp, log, log1p, maximum, minimum, relu, sigmoid, sign, softplus,
-                          sqrt, square, stop_gradient, tanh, where)
-from .index import one_hot, take
+from .elementwise import (
+    abs,
+    cast,
+    ew,
+    exp,
+    log,
+    log1p,
+    maximum,
+    minimum,
+    relu,
+    sigmoid,
+    sign,
+    softplus,
+    sqrt,
+    square,
+    stop_gradient,
+    tanh,
+    where,
+)
+from .index import one_hot, pick, take
 from .linalg import matmul
 from .nn import log_softmax, logsumexp, mse, softmax, softmax_cross_entropy
 from .reduce import max, mean, min, sum, sum_to
@@ -14,7 +31,7 @@ from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squ
 
 __all__ = [
     "abs", "broadcast_to", "cast", "concatenate", "exp", "expand_dims", "log", "log1p", "log_softmax",
-    "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "one_hot", "relu", "reshape",
+    "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "one_hot", "pick", "relu", "reshape",
     "sigmoid", "sign", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze",
     "stop_gradient", "sum", "sum_to", "swapaxes", "take", "tanh", "transpose", "where",
     "elementwise", "index", "linalg", "nn", "reduce", "shape",

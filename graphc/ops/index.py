@@ -76,3 +76,28 @@ def take(x, indices, axis: int = 0) -> Node:
 def one_hot(indices, depth: int, dtype="float32") -> Node:
     """One-hot rows: ``out[..., k] = (indices[...] == k)``."""
     return make("one_hot", (as_node(indices),), depth=int(depth), dtype=np.dtype(dtype))
+
+
+def _infer_pick(z, idx):
+    _int_index(idx)
+    if z.shape[:-1] != idx.shape:
+        from ..errors import ShapeError
+        from ..shapes import fmt_shape
+        raise ShapeError(f"indices {fmt_shape(idx.shape)} do not match {fmt_shape(z.shape)} without its last axis")
+    return idx.shape, z.dtype
+
+
+def _pick_ref(z, idx):
+    check_range(idx, z.shape[-1])
+    return np.take_along_axis(z, idx[..., None], axis=-1)[..., 0]
+
+
+# pick(z, y)[...] = z[..., y[...]]: what sum(one_hot(y) * z, -1) computes, without the one-hot.
+defop("pick", "index", _infer_pick, _pick_ref,
+      lambda g, n: [make("reshape", (g,), shape=g.shape + (1,)) * one_hot(n.inputs[1], n.inputs[0].shape[-1], g.dtype), None],
+      index_bound=lambda n: n.inputs[0].shape[-1])
+
+
+def pick(z, indices) -> Node:
+    """``z[..., indices[...]]``: one entry of the last axis per row (e.g. the label's logit)."""
+    return make("pick", (as_node(z), as_node(indices)))

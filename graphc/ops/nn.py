@@ -37,11 +37,13 @@ def softmax_cross_entropy(logits, labels) -> Node:
     logits, labels = as_node(logits), as_node(labels)
     if labels.dtype.kind in "iu":
         if labels.shape != logits.shape[:-1]:
-            raise ShapeError(f"softmax_cross_entropy: labels {fmt_shape(labels.shape)} do not match logits {fmt_shape(logits.shape)}")
+            raise ShapeError(f"softmax_cross_entropy: labels {fmt_shape(labels.shape)} "
+                             f"do not match logits {fmt_shape(logits.shape)}")
         target = one_hot(labels, logits.shape[-1], logits.dtype)
     elif labels.dtype.kind == "f":
         if labels.shape != logits.shape:
-            raise ShapeError(f"softmax_cross_entropy: targets {fmt_shape(labels.shape)} do not match logits {fmt_shape(logits.shape)}")
+            raise ShapeError(f"softmax_cross_entropy: targets {fmt_shape(labels.shape)} "
+                             f"do not match logits {fmt_shape(logits.shape)}")
         target = labels
     else:
         raise DTypeError(f"softmax_cross_entropy: labels of dtype {labels.dtype}")

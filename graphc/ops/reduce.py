@@ -44,9 +44,9 @@ def _np_sum(x, axes, keepdims):
 defop("sum", "reduce", _infer, _np_sum, _grad_sum, doc="sum over axes")
 defop("max", "reduce", _infer, lambda x, axes, keepdims: np.max(x, axis=axes, keepdims=keepdims), _grad_max,
       doc="max over axes")
-defop("count", "meta", lambda x, axes, dtype: ((), np.dtype(dtype)),
-      lambda x, axes, dtype: np.asarray(prod(x.shape[a] for a in axes), dtype), lambda g, n: [None],
-      doc="number of elements over axes, known at call time for symbolic dims")
+defop("count", "meta", lambda dims, dtype: ((), np.dtype(dtype)),
+      lambda dims, dtype: np.asarray(prod(dims), dtype), None,
+      doc="the product of some dims, known at call time when they are symbolic")
 
 
 def _reduce(name: str, x, axis, keepdims: bool) -> Node:
@@ -78,7 +78,7 @@ def mean(x, axis=None, keepdims: bool = False) -> Node:
         x = ew.cast(x, np.float32)
     axes = norm_axes(axis, x.ndim)
     dims = tuple(x.shape[a] for a in axes)
-    n = size(dims) if is_concrete(dims) else make("count", (x,), axes=axes, dtype=x.dtype)
+    n = size(dims) if is_concrete(dims) else make("count", (), dims=dims, dtype=x.dtype)
     return sum(x, axes, keepdims) / n
 
 

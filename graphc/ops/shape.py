@@ -135,10 +135,11 @@ def getitem(x: Node, key) -> Node:
     n_axes = sum(1 for k in key if k is not None and k is not Ellipsis)
     if n_axes > x.ndim:
         raise ShapeError(f"too many indices for {x.ndim}-d {fmt_shape(x.shape)}")
-    if Ellipsis in key:
-        i = key.index(Ellipsis)
+    i = next((j for j, k in enumerate(key) if k is Ellipsis), None)  # `in` would compare arrays and nodes with ==
+    if i is not None:
         key = key[:i] + (slice(None),) * (x.ndim - n_axes) + key[i + 1:]
-    key = key + (slice(None),) * (x.ndim - n_axes)
+    else:
+        key = key + (slice(None),) * (x.ndim - n_axes)
     index, out_shape, axis, gather = [], [], 0, None
     for k in key:
         if k is None:
@@ -174,4 +175,9 @@ def getitem(x: Node, key) -> Node:
     if gather is not None:  # numpy: a single array index replaces its axis by the index's shape
         idx = next(k for k in key if isinstance(k, (Node, np.ndarray, list)))
         y = take(y, idx, gather[1])
+        # ... unless a slice or None separates it from an integer index: then the index's dims go first.
+        adv = [j for j, k in enumerate(key) if isinstance(k, (Node, np.ndarray, list, int, np.integer))]
+        if adv[-1] - adv[0] + 1 != len(adv):
+            p, nd = gather[1], y.ndim - len(out_shape) + 1
+            y = transpose(y, tuple(range(p, p + nd)) + tuple(a for a in range(y.ndim) if not p <= a < p + nd))
     return y

@@ -1,0 +1,278 @@
+"""Fusion: group compute nodes into kernels, and say why groups were not merged.
+
+A kernel is one of
+- ``loop``: elementwise ops over one iteration domain, with broadcast operands;
+- ``reduce``: a loop whose reductions run over axes ``raxes`` of the domain, with the
+  elementwise ops that feed them and an epilogue on the reduced values;
+- ``matmul``: one BLAS call and the elementwise epilogue on its result (bias, activation,
+  backward masks, optimizer updates);
+- a kernel of its own for every other op (gathers, scatters, copies).
+View ops (reshape, transpose, broadcast_to, slice) are never kernels: backends realize
+them as views or as index arithmetic. networkx keeps merges free of cycles.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+import networkx as nx
+
+from ..errors import ShapeError
+from ..graph import toposort
+from ..ir import Node
+from ..shapes import broadcast, fmt_shape, resolve
+
+VIEWS = {"reshape", "transpose", "broadcast_to", "slice", "stop_gradient"}
+# Operands these ops do not read at the output's own index (so they must come from outside).
+UNALIGNED = {"one_hot": (0,), "pick": (0, 1)}
+TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "sigmoid", "softplus", "sqrt", "pow"}
+
+
+def node_class(n: Node) -> str:
+    if n.op.kind == "source" or n.op.name == "count":
+        return "source"  # count is a scalar known from shapes at call time
+    if n.op.name in VIEWS:
+        return "view"
+    if n.op.kind == "elementwise" or n.op.name in UNALIGNED:
+        return "loop"
+    if n.op.kind in ("reduce", "matmul"):
+        return n.op.kind
+    return n.op.name
+
+
+def base_of(n: Node) -> tuple[Node, bool]:
+    """The buffer a value is a view of, and whether every view on the way keeps
+    elementwise alignment (broadcasts and leading unit dims only)."""
+    aligned = True
+    while node_class(n) == "view":
+        if n.op.name == "transpose" or n.op.name == "slice":
+            aligned = False
+        elif n.op.name == "reshape":
+            strip = lambda s: tuple(s[next((i for i, d in enumerate(s) if d != 1), len(s)):])
+            aligned = aligned and strip(n.shape) == strip(n.inputs[0].shape)
+        n = n.inputs[0]
+    return n, aligned or all(d == 1 for d in n.shape)  # a single value is the same at every index
+
+
+def _fits(shape, domain) -> bool:
+    try:
+        return broadcast(shape, domain) == tuple(domain)
+    except ShapeError:
+        return False
+
+
+@dataclass
+class Kernel:
+    """One step of the schedule."""
+    index: int
+    kind: str
+    nodes: list[Node]               # compute nodes, in execution order
+    domain: tuple                   # iteration shape (matmul: output shape)
+    raxes: tuple = ()               # reduced axes of the domain
+    inputs: list[Node] = field(default_factory=list)   # values read from outside (views included)
+    outputs: list[Node] = field(default_factory=list)  # values needed after the kernel
+
+    @property
+    def ops(self) -> list[tuple[str, str, str]]:
+        """(op, phase, source line) of every IR op covered, views included."""
+        from ..errors import fmt_site
+        return [(n.op.name, n.phase, fmt_site(n.site)) for n in self.nodes]
+
+    def flops(self, env: dict) -> int:
+        total = 0
+        for n in self.nodes:
+            if n.op.kind == "matmul":
+                a = resolve(n.inputs[0].shape, env)
+                total += 2 * prod(resolve(n.shape, env)) * a[-1]
+            elif n.op.kind == "reduce":
+                total += prod(resolve(n.inputs[0].shape, env))
+            else:
+                total += prod(resolve(n.shape, env)) * (10 if n.op.name in TRANSCENDENTAL else 1)
+        return total
+
+    def bytes(self, env: dict) -> int:
+        seen, total = set(), 0
+        for b in [base_of(v)[0] for v in self.inputs] + self.outputs:
+            if b.id not in seen:
+                seen.add(b.id)
+                total += prod(resolve(b.shape, env)) * b.dtype.itemsize
+        return total
+
+
+class _Group:
+    def __init__(self, gid: int, n: Node):
+        self.id, self.nodes = gid, [n]
+        self.kind = node_class(n)
+        if self.kind == "reduce":
+            self.domain, self.raxes = n.inputs[0].shape, n.attrs["axes"]
+        else:
+            self.domain, self.raxes = n.shape, ()
+
+
+def _combine(a: _Group, b: _Group) -> tuple[str, tuple, tuple] | str:
+    """Kind, domain and reduced axes of a merge, or why it cannot be."""
+    kinds = {a.kind, b.kind}
+    if not kinds <= {"loop", "reduce", "matmul"}:
+        other = (kinds - {"loop", "reduce", "matmul"}).pop()
+        return f"{other} is a kernel of its own"
+    if kinds == {"matmul"}:
+        return "two matmuls are two BLAS calls"
+    if "matmul" in kinds and "reduce" in kinds:
+        return "a matmul epilogue holds no reduction"
+    if a.raxes and b.raxes and (a.domain != b.domain or a.raxes != b.raxes):
+        return f"reductions over different domains {fmt_shape(a.domain)}/{a.raxes} and {fmt_shape(b.domain)}/{b.raxes}"
+    big, small = (a, b) if len(a.domain) >= len(b.domain) else (b, a)
+    if "matmul" in kinds:
+        big = a if a.kind == "matmul" else b
+        small = b if big is a else a
+    if not _fits(small.domain, big.domain):
+        if big.kind == "matmul":
+            return f"epilogue domain {fmt_shape(small.domain)} is not the matmul output {fmt_shape(big.domain)}"
+        return f"domains {fmt_shape(a.domain)} and {fmt_shape(b.domain)} differ"
+    if small.raxes and small.domain != big.domain:
+        return f"reduction over {fmt_shape(small.domain)} inside a loop over {fmt_shape(big.domain)}"
+    kind = "matmul" if "matmul" in kinds else "reduce" if "reduce" in kinds else "loop"
+    return kind, big.domain, a.raxes or b.raxes
+
+
+def _check_members(nodes: list[Node], kind: str, domain: tuple, raxes: tuple, where: dict) -> str | None:
+    """Every in-group read must be aligned, and nothing may need a reduction's result at
+    full resolution (that would take a second pass over the domain)."""
+    inside = {n.id for n in nodes}
+    reduced = tuple(1 if i in raxes else d for i, d in enumerate(domain))
+    after_reduce: set[int] = set()
+    for n in sorted(nodes, key=lambda n: n.id):
+        for k, i in enumerate(n.inputs):
+            b, aligned = base_of(i)
+            if b.id not in inside:
+                continue
+            if k in UNALIGNED.get(n.op.name, ()) or not aligned:
+                return f"{n.op.name} reads {b.op.name} at other indices than its own"
+            if n.op.kind == "matmul":
+                return "matmul operands are read from memory by BLAS"
+            if b.id in after_reduce or b.op.kind == "reduce":
+                if n.op.kind == "reduce":
+                    return f"reduction over axes {raxes} feeds another reduction (needs a second pass)"
+                after_reduce.add(n.id)
+        if n.op.kind == "reduce" and (n.inputs[0].shape != tuple(domain) or n.attrs["axes"] != tuple(raxes)):
+            return f"reduction of {fmt_shape(n.inputs[0].shape)} over {n.attrs['axes']} does not match the loop"
+        if n.id in after_reduce and not _fits(n.shape, reduced):
+            return (f"reduction over axis {', '.join(map(str, raxes))} feeds {n.op.name} over "
+                    f"{fmt_shape(n.shape)} (needs a second pass)")
+        if not _fits(n.shape if n.op.kind != "reduce" else n.inputs[0].shape, domain):
+            return f"{n.op.name} over {fmt_shape(n.shape)} does not fit the domain {fmt_shape(domain)}"
+    if kind == "matmul":
+        mm = [n for n in nodes if n.op.kind == "matmul"][0]
+        if any(n is not mm and not _depends(n, mm, inside) for n in nodes):
+            return "only ops on the matmul's result join its epilogue"
+    return None
+
+
+def _depends(n: Node, target: Node, inside: set) -> bool:
+    stack = [n]
+    while stack:
+        m = stack.pop()
+        if m is target:
+            return True
+        stack += [base_of(i)[0] for i in m.inputs if base_of(i)[0].id in inside]
+    return False
+
+
+@dataclass
+class Schedule:
+    kernels: list[Kernel]
+    fused: list[str]       # what each merge did
+    not_fused: list[str]   # what was refused, and why
+
+
+def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
+    """Group the compute nodes reachable from ``roots`` into kernels, in execution order
+    (one kernel per op when ``fuse`` is False)."""
+    order = toposort(roots)
+    groups: dict[int, _Group] = {}
+    owner: dict[int, int] = {}
+    for n in order:
+        if node_class(n) not in ("source", "view"):
+            g = _Group(len(groups), n)
+            groups[g.id], owner[n.id] = g, g.id
+    G = nx.DiGraph()
+    G.add_nodes_from(groups)
+    for n in order:
+        if n.id in owner:
+            for i in n.inputs:
+                b = base_of(i)[0]
+                if b.id in owner and owner[b.id] != owner[n.id]:
+                    G.add_edge(owner[b.id], owner[n.id])
+    fused, refused = [], {}
+
+    def try_merge(a: int, b: int, why: str) -> bool:
+        ga, gb = groups[a], groups[b]
+        res = _combine(ga, gb)
+        if isinstance(res, tuple):
+            res2 = _check_members(ga.nodes + gb.nodes, *res, where=owner)
+            res = res2 if res2 else res
+        if isinstance(res, tuple):
+            for s, t in ((a, b), (b, a)):
+                if any(nx.has_path(G, c, t) for c in G.successors(s) if c != t):
+                    res = "merging would create a cycle through another kernel"
+        if isinstance(res, str):
+            refused.setdefault((ga.nodes[-1].op.name, gb.nodes[0].op.name, res), (ga, gb))
+            return False
+        ga.kind, ga.domain, ga.raxes = res
+        ga.nodes += gb.nodes
+        for n in gb.nodes:
+            owner[n.id] = a
+        nx.contracted_nodes(G, a, b, self_loops=False, copy=False)
+        del groups[b]
+        fused.append(f"{why}: {' '.join(sorted({n.op.name for n in ga.nodes}))} over {fmt_shape(ga.domain)}")
+        return True
+
+    # Producers into consumers, in program order.
+    for n in order if fuse else ():
+        if n.id not in owner:
+            continue
+        for i in n.inputs:
+            b = base_of(i)[0]
+            if b.id in owner and owner[b.id] != owner[n.id]:
+                try_merge(owner[b.id], owner[n.id], "producer into consumer")
+    # Siblings: loops over one domain that share an input become one pass.
+    changed = fuse
+    while changed:
+        changed = False
+        ids = sorted(groups)
+        for x in ids:
+            for y in ids:
+                if x < y and x in groups and y in groups and _share_input(groups[x], groups[y]):
+                    gx, gy = groups[x], groups[y]
+                    if gx.kind != "matmul" and gy.kind != "matmul" and gx.domain == gy.domain:
+                        changed |= try_merge(x, y, "siblings sharing inputs")
+    kernels = []
+    root_ids = {r.id for r in roots}
+    for k, gid in enumerate(nx.lexicographical_topological_sort(G, key=lambda g: min(n.id for n in groups[g].nodes))):
+        g = groups[gid]
+        nodes = sorted(g.nodes, key=lambda n: n.id)
+        inside = {n.id for n in nodes}
+        ins, outs = {}, {}
+        for n in nodes:
+            for i in n.inputs:
+                if base_of(i)[0].id not in inside:
+                    ins[i.id] = i
+        kernels.append(Kernel(k, g.kind, nodes, g.domain, g.raxes, list(ins.values()), []))
+        for n in nodes:
+            if n.id in root_ids:
+                outs[n.id] = n
+        kernels[-1].outputs = list(outs.values())
+    # Values read by later kernels are outputs too.
+    by_node = {n.id: kern for kern in kernels for n in kern.nodes}
+    for kern in kernels:
+        for v in kern.inputs:
+            b = base_of(v)[0]
+            if b.id in by_node and all(o.id != b.id for o in by_node[b.id].outputs):
+                by_node[b.id].outputs.append(b)
+    not_fused = [f"{p} -> {c}: {why}" for (p, c, why) in refused]
+    return Schedule(kernels, fused, not_fused)
+
+
+def _share_input(a: _Group, b: _Group) -> bool:
+    ins = lambda g: {base_of(i)[0].id for n in g.nodes for i in n.inputs}
+    return bool(ins(a) & ins(b))

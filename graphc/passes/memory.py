@@ -1,0 +1,93 @@
+"""The memory plan: liveness of every buffer across the step, reuse of dead buffers,
+in-place param updates, and the activations kept for the backward pass."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+from ..ir import Node
+from ..shapes import resolve, size
+from .fusion import UNALIGNED, Kernel, base_of
+
+
+@dataclass
+class Buffer:
+    node: Node
+    first: int        # kernel that writes it
+    last: int         # last kernel that reads it (len(kernels) for step results)
+    slot: int = -1    # workspace slot; -1 when written into a param in place
+
+    def nbytes(self, env: dict) -> int:
+        return prod(resolve(self.node.shape, env)) * self.node.dtype.itemsize
+
+
+@dataclass
+class MemoryPlan:
+    buffers: dict[int, Buffer]                 # by node id
+    slots: list[tuple] = field(default_factory=list)   # (size, dtype) of each workspace slot
+    inplace: dict[int, Node] = field(default_factory=dict)  # update node id -> param it overwrites
+    saved: list[Node] = field(default_factory=list)    # forward values read by backward kernels
+    frees: dict[int, list[int]] = field(default_factory=dict)  # kernel -> node ids dead after it
+
+    def slot_bytes(self, env: dict) -> list[int]:
+        return [prod(resolve((s,), env)) * dt.itemsize for s, dt in self.slots]
+
+    def peak(self, env: dict) -> int:
+        """Largest sum of live buffers at any kernel."""
+        last = max((b.last for b in self.buffers.values()), default=0)
+        return max((sum(b.nbytes(env) for b in self.buffers.values() if b.slot >= 0 and b.first <= k <= b.last)
+                    for k in range(last + 1)), default=0)
+
+
+def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[Node, Node]]) -> MemoryPlan:
+    end = len(kernels)
+    root_ids = {r.id for r in roots}
+    buffers: dict[int, Buffer] = {}
+    for k in kernels:
+        for o in k.outputs:
+            buffers[o.id] = Buffer(o, k.index, end if o.id in root_ids else k.index)
+    # (kernel, read at the reader's own index?) for every buffer read from outside a kernel
+    reads: dict[int, list[tuple[int, bool]]] = {}
+    for k in kernels:
+        inside = {n.id for n in k.nodes}
+        for n in k.nodes:
+            for pos, v in enumerate(n.inputs):
+                b, aligned = base_of(v)
+                if b.id in inside:
+                    continue
+                aligned = aligned and n.op.kind == "elementwise" and pos not in UNALIGNED.get(n.op.name, ())
+                reads.setdefault(b.id, []).append((k.index, aligned))
+                if b.id in buffers:
+                    buffers[b.id].last = max(buffers[b.id].last, k.index)
+    plan = MemoryPlan(buffers)
+    # A param is overwritten in place when nothing reads it after its update is computed,
+    # and the updating kernel itself reads it only at the index it writes.
+    returned = {r.id for r in roots[:len(roots) - len(updates)]}
+    for p, e in updates:
+        if e.id not in buffers or p.id in returned:
+            continue
+        k = buffers[e.id].first
+        if all(j < k or (j == k and aligned) for j, aligned in reads.get(p.id, [])) and \
+                sum(1 for _, e2 in updates if e2.id == e.id) == 1:
+            plan.inplace[e.id] = p
+    # Greedy reuse: a dead buffer's slot serves the next buffer of the same size and dtype.
+    free: dict[tuple, list[int]] = {}
+    for k in kernels:
+        for o in k.outputs:
+            b = buffers[o.id]
+            if o.id in plan.inplace:
+                continue
+            key = (size(o.shape), o.dtype)
+            if free.get(key):
+                b.slot = free[key].pop()
+            else:
+                b.slot = len(plan.slots)
+                plan.slots.append(key)
+        dead = [b for b in buffers.values() if b.last == k.index and b.slot >= 0]
+        plan.frees[k.index] = [b.node.id for b in buffers.values() if b.last == k.index]
+        for b in dead:
+            free.setdefault((size(b.node.shape), b.node.dtype), []).append(b.slot)
+    backward = {k.index for k in kernels if any(n.phase == "backward" for n in k.nodes)}
+    plan.saved = [b.node for b in buffers.values() if b.node.phase == "forward"
+                  and any(j in backward for j, _ in reads.get(b.node.id, []))]
+    return plan
