@@ -195,8 +195,8 @@ def param(name: str, value, dtype: Any = None) -> Node:
     arr = np.asarray(value)
     if dtype is not None:
         arr = arr.astype(dtype)
-    elif arr.dtype == np.float64 and not isinstance(value, np.ndarray):
-        arr = arr.astype(np.float32)  # Python floats default to float32
+    elif arr.dtype == np.float64 and isinstance(value, (float, int, list, tuple)) and not isinstance(value, np.generic):
+        arr = arr.astype(np.float32)  # Python numbers default to float32
     if arr.dtype.kind != "f":
         raise GraphcError(f"param {name}: dtype {arr.dtype} is not a float dtype")
     node = Node(OPS["param"], (), {}, arr.shape, arr.dtype, name=name)
