@@ -24,7 +24,7 @@ def check_dim(d: object) -> Dim:
             raise ShapeError(f"dim {d} is negative")
         return d
     if isinstance(d, str) and d and all(f.isidentifier() or f.isdigit() for f in d.split("*")):
-        return d
+        return _make_dim(*_factors(d))  # one spelling per product: "batch*12" is "12*batch"
     raise ShapeError(f"dim {d!r} must be a non-negative int or a name like 'batch'")
 
 

@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 import graphc as gc
 from graphc.passes import optimize
-from graphc.passes.fusion import schedule
 
 RNG = np.random.default_rng(0)
 
@@ -32,7 +31,7 @@ def mlp_step(hidden=16, lr=0.1):
 # --- simplification ------------------------------------------------------------------
 def test_identities_disappear():
     x = gc.input("x", (3, 4))
-    roots, _ = optimize([-(-(x * 1 + 0)) / 1])
+    roots, _ = optimize([-(-(x * 1 + 0)) / 1])  # noqa: B002
     assert roots[0] is x
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import GraphcError, fmt_site
 from ..ir import Node
+from ..passes.fusion import base_of
 from ..program import Program
 from ..shapes import resolve
 
@@ -47,12 +48,15 @@ def evaluate(n: Node, values: dict[int, np.ndarray], env: dict) -> np.ndarray:
 
 
 class ReferenceProgram:
-    def __init__(self, program: Program):
-        self.program = program
+    def __init__(self, program: Program, inputs: list[Node]):
+        self.program, self.inputs = program, inputs
 
-    def run(self, feeds: dict[int, np.ndarray], env: dict) -> list[np.ndarray]:
+    def run(self, arrays: list[np.ndarray], env: dict) -> list[np.ndarray]:
+        """Outputs of one step; param updates are committed after everything succeeded."""
         prog = self.program
-        values = dict(feeds)  # sources and kernel outputs only
+        values = {x.id: a for x, a in zip(self.inputs, arrays)}  # sources and kernel outputs only
+        for p in _params(prog):
+            values[p.id] = p._param.value
         with np.errstate(all="ignore"):  # NaN and inf propagate, as in NumPy
             for k in prog.kernels:
                 local = dict(values)
@@ -62,4 +66,15 @@ class ReferenceProgram:
                     values[o.id] = local[o.id]
                 for dead in prog.memory.frees.get(k.index, ()):
                     values.pop(dead, None)
-            return [evaluate(r, values, env) for r in prog.roots]
+            results = [evaluate(r, values, env) for r in prog.roots]
+        # an output that is a param or input, or a view of one, must not alias its storage
+        outs = [np.array(v, copy=True) if base_of(r)[0].op.kind == "source" else v
+                for r, v in zip(prog.roots, results[:prog.n_outputs])]
+        for (p, _), v in zip(prog.updates, results[prog.n_outputs:]):
+            p._param.value = np.array(v, dtype=p.dtype, order="C", copy=True)
+        return outs
+
+
+def _params(prog: Program) -> list[Node]:
+    from ..graph import toposort
+    return [n for n in toposort(prog.roots) if n.op.name == "param"]

@@ -2,6 +2,9 @@
 their NumPy-style operators and methods."""
 from __future__ import annotations
 
+import functools
+
+from ..errors import GraphcError, fmt_site, user_site
 from ..ir import Node
 from . import elementwise, index, linalg, nn, reduce, shape
 from .elementwise import (
@@ -36,6 +39,27 @@ __all__ = [
     "stop_gradient", "sum", "sum_to", "swapaxes", "take", "tanh", "transpose", "where",
     "elementwise", "index", "linalg", "nn", "reduce", "shape",
 ]
+
+
+def _user_line(fn):
+    """A builder's own argument checks (axes, reshape sizes, indices) name the op and the user's
+    line, as the shape rules run by ``make`` do."""
+    @functools.wraps(fn)
+    def builder(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GraphcError as e:
+            msg, where = str(e), f"({fmt_site(user_site())})"
+            if msg.endswith(where):
+                raise
+            prefix = "" if msg.startswith(f"{fn.__name__}:") else f"{fn.__name__}: "
+            raise type(e)(f"{prefix}{msg} {where}") from None
+    return builder
+
+
+for _name in [*__all__, "getitem"]:
+    if callable(globals()[_name]):  # the builders, not the submodules
+        globals()[_name] = _user_line(globals()[_name])
 
 
 def _binary(name: str, reflected: bool = False):

@@ -11,11 +11,17 @@ from .reduce import max, mean, sum
 from .shape import reshape
 
 
+def _shift(x: Node, axes: tuple) -> Node:
+    """The max along ``axes``, or 0 where it is infinite (an all -inf row stays -inf, not nan)."""
+    m = max(x, axes, keepdims=True)
+    return ew.stop_gradient(ew.where(ew.abs(m) < float("inf"), m, 0))
+
+
 def logsumexp(x, axis=None, keepdims: bool = False) -> Node:
     """log(sum(exp(x))), shifted by the max so it never overflows."""
     x = as_node(x)
     axes = norm_axes(axis, x.ndim)
-    m = ew.stop_gradient(max(x, axes, keepdims=True))
+    m = _shift(x, axes)
     out = ew.log(sum(ew.exp(x - m), axes, keepdims=True)) + m
     return out if keepdims else reshape(out, tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
@@ -27,7 +33,7 @@ def log_softmax(x, axis: int = -1) -> Node:
 
 def softmax(x, axis: int = -1) -> Node:
     x = as_node(x)
-    e = ew.exp(x - ew.stop_gradient(max(x, axis, keepdims=True)))
+    e = ew.exp(x - _shift(x, norm_axes(axis, x.ndim)))
     return e / sum(e, axis, keepdims=True)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GraphcError, ShapeError
+from ..errors import DTypeError, GraphcError, ShapeError
 from ..ir import Node, as_node, defop, make
 from ..shapes import broadcast, check_dim, fmt_shape, infer_reshape, norm_axes
 
@@ -36,7 +36,7 @@ def _infer_concat(*xs, axis):
         if not isinstance(x.shape[axis], int):
             raise ShapeError(f"cannot concatenate along symbolic dim {x.shape[axis]!r}")
         if x.dtype != xs[0].dtype:
-            raise ShapeError(f"dtypes {xs[0].dtype} and {x.dtype} differ; cast first")
+            raise DTypeError(f"dtypes {xs[0].dtype} and {x.dtype} differ; cast first")
     out = list(base)
     out[axis] = sum(x.shape[axis] for x in xs)
     return tuple(out), xs[0].dtype
@@ -83,9 +83,10 @@ def reshape(x, shape) -> Node:
 def transpose(x, axes=None) -> Node:
     """Permute axes; reverses them when ``axes`` is None (``x.T``)."""
     x = as_node(x)
-    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(a % max(x.ndim, 1) for a in axes)
-    if sorted(axes) != list(range(x.ndim)):
+    axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(axes)
+    if sorted(a + x.ndim if a < 0 else a for a in axes) != list(range(x.ndim)):
         raise ShapeError(f"transpose: axes {axes} are not a permutation of {x.ndim} axes")
+    axes = tuple(a % x.ndim for a in axes)
     if axes == tuple(range(x.ndim)):
         return x
     return make("transpose", (x,), axes=axes)
@@ -94,6 +95,7 @@ def transpose(x, axes=None) -> Node:
 def swapaxes(x, a: int, b: int) -> Node:
     x = as_node(x)
     axes = list(range(x.ndim))
+    a, b = norm_axes(a, x.ndim)[0], norm_axes(b, x.ndim)[0]
     axes[a], axes[b] = axes[b], axes[a]
     return transpose(x, axes)
 
@@ -114,7 +116,9 @@ def concatenate(xs, axis: int = 0) -> Node:
 
 def expand_dims(x, axis: int) -> Node:
     x = as_node(x)
-    axis = axis % (x.ndim + 1)
+    if not -x.ndim - 1 <= axis <= x.ndim:
+        raise ShapeError(f"axis {axis} is out of range for a new axis of {x.ndim}-d {fmt_shape(x.shape)}")
+    axis %= x.ndim + 1
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
