@@ -16,7 +16,7 @@ from .ops import broadcast_to
 from .program import build_program
 from .shapes import broadcast, fmt_shape, resolve_dim
 
-TARGETS = ("numpy",)
+TARGETS = ("numpy", "cpu")
 
 
 def _normalize_updates(updates) -> list[tuple[Node, Node]]:
@@ -51,10 +51,11 @@ def _normalize_updates(updates) -> list[tuple[Node, Node]]:
 class Function:
     """A compiled step. Call it with arrays for its inputs, in order."""
 
-    def __init__(self, inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True):
+    def __init__(self, inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True,
+                 debug: bool = False):
         if target not in TARGETS:
             raise GraphcError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-        self.target, self.optimize = target, optimize
+        self.target, self.optimize, self.debug = target, optimize, debug
         self.inputs = list(inputs) if not isinstance(inputs, Node) else [inputs]
         names = set()
         for x in self.inputs:
@@ -94,9 +95,22 @@ class Function:
         return checks
 
     def _compile(self):
-        from .backends.reference import ReferenceProgram
         self.program = build_program(self.outputs, self.updates, self.optimize)
-        return ReferenceProgram(self.program)
+        if self.target == "cpu":
+            from .backends.cpu import CpuProgram
+            return CpuProgram(self.program, self.inputs, debug=self.debug)
+        from .backends.reference import ReferenceProgram
+        return ReferenceProgram(self.program, self.inputs)
+
+    @property
+    def source(self) -> str | None:
+        """The generated module (compiled targets), one commented function per kernel."""
+        return getattr(self._program, "source", None)
+
+    @property
+    def cache_info(self) -> str | None:
+        describe = getattr(self._program, "describe_cache", None)
+        return describe() if describe else None
 
     @property
     def kernels(self) -> list:
@@ -114,7 +128,7 @@ class Function:
             raise InputError(f"expected {len(self.inputs)} arguments ({names}), got {len(args)}")
         env: dict[str, int] = {}
         who: dict[str, str] = {}
-        feeds = {}
+        feeds = []
         for x, a in zip(self.inputs, args):
             if isinstance(a, (int, float, bool, np.generic)) and not isinstance(a, np.ndarray):
                 a = np.asarray(a)
@@ -138,9 +152,9 @@ class Function:
                                      f"in input {who[d]}")
                 else:
                     env[d], who[d] = actual, x.name
-            feeds[x.id] = a
+            feeds.append(a)
         for k, bound, n in self._index_checks:
-            a, n_max = feeds[self.inputs[k].id], resolve_dim(bound, env)
+            a, n_max = feeds[k], resolve_dim(bound, env)
             if a.size and (a.min() < 0 or a.max() >= n_max):
                 bad = a[(a < 0) | (a >= n_max)].flat[0]
                 raise InputError(f"input {self.inputs[k].name}: index {bad} is out of range [0, {n_max}) "
@@ -148,23 +162,19 @@ class Function:
         return feeds, env
 
     def __call__(self, *args: Any):
-        feeds, env = self._bind(args)
+        arrays, env = self._bind(args)
         self._last_env = env
-        for p in self.params:
-            feeds[p.id] = p._param.value
-        values = self._program.run(feeds, env)
-        outs = values[:len(self.outputs)]
-        outs = [np.array(v, copy=True) if o.op.kind == "source" else v for o, v in zip(self.outputs, outs)]
-        # Commit updates only now: a failed step leaves every param as it was.
-        for (p, _), v in zip(self.updates, values[len(self.outputs):]):
-            p._param.value = np.array(v, dtype=p.dtype, order="C", copy=True)
+        outs = self._program.run(arrays, env)
         return outs[0] if self.single else outs
 
 
-def function(inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True) -> Function:
+def function(inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True,
+             debug: bool = False) -> Function:
     """Compile ``outputs`` (a node or a list) of ``inputs``, with param ``updates``
-    applied after each call, for ``target``.
+    applied after each call, for ``target`` ("numpy", the reference, or "cpu").
+    ``optimize=False`` skips the passes and fusion; ``debug=True`` runs generated
+    code as plain Python (no JIT) for readable tracebacks.
 
     >>> f = gc.function([x, y], [loss, gW], updates=[(W, W - 0.1 * gW)])
     """
-    return Function(inputs, outputs, updates, target, optimize)
+    return Function(inputs, outputs, updates, target, optimize, debug)

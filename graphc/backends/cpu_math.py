@@ -46,7 +46,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "SOURCE_HASH"]
+__all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "gmax", "gmin", "SOURCE_HASH"]
 
 SOURCE_HASH: str = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
@@ -277,3 +277,15 @@ def glog1p(x):
 def gexpm1(x):
     """exp(x) - 1, accurate for tiny x."""
     return _expm1(x)
+
+
+@njit(**_PUBLIC)
+def gmax(a, b):
+    """np.maximum for scalars: NaN in either operand gives NaN."""
+    return a if (a > b or a != a) else b
+
+
+@njit(**_PUBLIC)
+def gmin(a, b):
+    """np.minimum for scalars: NaN in either operand gives NaN."""
+    return a if (a < b or a != a) else b

@@ -247,7 +247,7 @@ def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
                     if gx.kind != "matmul" and gy.kind != "matmul" and gx.domain == gy.domain:
                         changed |= try_merge(x, y, "siblings sharing inputs")
     kernels = []
-    root_ids = {r.id for r in roots}
+    root_ids = {base_of(r)[0].id for r in roots}  # a root that is a view keeps its buffer
     for k, gid in enumerate(nx.lexicographical_topological_sort(G, key=lambda g: min(n.id for n in groups[g].nodes))):
         g = groups[gid]
         nodes = sorted(g.nodes, key=lambda n: n.id)
@@ -259,7 +259,7 @@ def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
                     ins[i.id] = i
         kernels.append(Kernel(k, g.kind, nodes, g.domain, g.raxes, list(ins.values()), []))
         for n in nodes:
-            if n.id in root_ids:
+            if n.id in root_ids or n.op.kind == "matmul":  # BLAS writes its result to memory
                 outs[n.id] = n
         kernels[-1].outputs = list(outs.values())
     # Values read by later kernels are outputs too.

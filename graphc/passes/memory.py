@@ -41,7 +41,7 @@ class MemoryPlan:
 
 def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[Node, Node]]) -> MemoryPlan:
     end = len(kernels)
-    root_ids = {r.id for r in roots}
+    root_ids = {base_of(r)[0].id for r in roots}
     buffers: dict[int, Buffer] = {}
     for k in kernels:
         for o in k.outputs:
@@ -62,7 +62,7 @@ def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[No
     plan = MemoryPlan(buffers)
     # A param is overwritten in place when nothing reads it after its update is computed,
     # and the updating kernel itself reads it only at the index it writes.
-    returned = {r.id for r in roots[:len(roots) - len(updates)]}
+    returned = {base_of(r)[0].id for r in roots[:len(roots) - len(updates)]}
     for p, e in updates:
         if e.id not in buffers or p.id in returned:
             continue

@@ -86,8 +86,12 @@ def algebraic(n: Node) -> Node | None:
         return make(name, (a.inputs[0],), shape=n.shape) if name == "reshape" else ops.broadcast_to(a.inputs[0], n.shape)
     elif name == "reshape" and a.shape == n.shape:
         return a
+    elif name == "reshape" and a.op.name == "broadcast_to" and all(d == 1 for d in a.inputs[0].shape):
+        # one value broadcast and reshaped: broadcast it straight to the final shape
+        return ops.broadcast_to(ops.reshape(a.inputs[0], (1,) * n.ndim), n.shape)
     elif name == "sum":
-        return _sum_of_broadcast(n) or _sum_of_one_hot(n)
+        r = _sum_of_broadcast(n)
+        return r if r is not None else _sum_of_one_hot(n)
     elif name == "pick":
         return _pick_through(n)
     return None
