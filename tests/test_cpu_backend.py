@@ -8,9 +8,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from test_ops_grad import CASES, _draw, _inputs
 
 import graphc as gc
-from test_ops_grad import CASES, _draw, _inputs
 
 RNG = np.random.default_rng(0)
 JIT_CASES = ["exp", "tanh", "sigmoid", "softplus", "where", "max_ax0", "max_tuple", "sum_tuple", "matmul",

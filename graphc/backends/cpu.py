@@ -21,7 +21,7 @@ from ..passes.fusion import Kernel, base_of
 from ..program import Program
 from ..shapes import resolve, size
 from . import cpu_math, diskcache
-from .loops import KernelCode, is_loop_kernel, kernel_code, literal, peel
+from .loops import KernelCode, is_loop_kernel, kernel_code, literal
 from .source import Source
 
 PARALLEL_MIN = 1 << 18  # elements; below this a parallel launch costs more than it saves
