@@ -8,6 +8,12 @@ symbolically, and compile forward + backward + updates into one call.
 """
 from __future__ import annotations
 
+import os as _os
+
+# Shared machines: worker threads that spin while waiting steal the core a busy neighbour
+# needs, and a step then runs tens of times slower. Sleep instead (unless the user chose).
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 from . import ops

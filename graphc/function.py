@@ -117,6 +117,12 @@ class Function:
         """The step's kernels in execution order (see ``graphc.passes.fusion.Kernel``)."""
         return self.program.kernels
 
+    def profile(self, *args, repeat: int = 20) -> list[float]:
+        """Median seconds per kernel for these arguments (compiled targets; params are
+        updated ``repeat`` times, as by that many calls)."""
+        arrays, env = self._bind(args)
+        return self._program.profile(arrays, env, repeat)
+
     def report(self, env: dict | None = None) -> str:
         """What the compiler did: passes, kernels, fusion decisions, memory, FLOPs and bytes."""
         from .report import report

@@ -35,7 +35,8 @@ from numba import njit, prange
 
 from graphc.backends.cpu_math import gexp, glog, glog1p, gmax, gmin, gsigmoid, gsoftplus, gtanh  # noqa: F401
 
-FASTMATH = {{"nsz", "arcp", "contract", "afn"}}  # no nnan/ninf: NaN and inf propagate as in NumPy
+# no nnan/ninf: NaN and inf propagate as in NumPy; reassoc lets float reductions vectorize
+FASTMATH = {{"nsz", "arcp", "contract", "afn", "reassoc"}}
 """
 
 
@@ -303,6 +304,30 @@ class CpuProgram:
         if o.op.name == "constant":
             return o.attrs["value"]
         return arrays[[x.id for x in self.inputs].index(o.id)]
+
+    def profile(self, arrays: list[np.ndarray], env: dict, repeat: int = 20) -> list[float]:
+        """Median seconds of each kernel: ``step`` runs as Python, calling the jitted kernels."""
+        import re
+        times: dict[int, list[float]] = {}
+
+        def timed(k: int, fn):
+            def call(*a):
+                t = time.perf_counter()
+                fn(*a)
+                times.setdefault(k, []).append(time.perf_counter() - t)
+            return call
+        body = self.source[self.source.index("@njit(cache=True, nogil=True)\ndef step("):]
+        body = body.replace("@njit(cache=True, nogil=True)\n", "")
+        body = re.sub(r"\b(k(\d+)_\w+)\(", lambda m: f"_timed({m.group(2)}, {m.group(1)})(", body)
+        ns = dict(vars(self.module)) if self.module is not None else {}
+        ns["_timed"] = timed
+        exec(compile(body, "<graphc profile>", "exec"), ns)
+        self._bind_params()
+        ws = self._workspace(env)
+        args = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
+        for _ in range(repeat):
+            ns["step"](*self.arenas, *ws, *self.consts, *args)
+        return [float(np.median(times.get(k.index, [0.0]))) for k in self.program.kernels]
 
     def describe_cache(self) -> str:
         if self.debug:

@@ -7,6 +7,7 @@ reductions accumulate in scalars (or rows of accumulators when a kept axis follo
 reduced one), and ops that need a reduction's result run in an epilogue."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -201,13 +202,17 @@ class _Gen:
         kept_after = [a for a in range(f, r) if a not in raxes]
         scalar_acc = not kept_after
         last = k.domain[-1] if k.domain else 1
-        chunk = bool(raxes) and scalar_acc and r - 1 in raxes and not (isinstance(last, int) and last <= CHUNK) \
-            and any(n.op.name == "sum" and n.dtype.kind == "f" for n in k.nodes)
+        fsum = any(n.op.name == "sum" and n.dtype.kind == "f" for n in k.nodes)
+        # float32 sums: a flat 1-d reduction adds blocks of CHUNK terms (each block a vectorized
+        # loop over slices); a deeper one adds each innermost row first. Error ~(block + n/block) ulp.
+        chunk = r == 1 and bool(raxes) and fsum and not (isinstance(last, int) and last <= CHUNK)
+        rowpart = r >= 2 and scalar_acc and f < r - 1 and r - 1 in raxes and fsum
         by_depth: dict[int, list[Node]] = {}
         for n in main:
             if n.op.kind != "reduce":
                 by_depth.setdefault(self.depth(n), []).append(n)
         reds = [n for n in k.nodes if n.op.kind == "reduce"]
+        sums = [n for n in reds if n.op.name == "sum"]
         # loops deeper than any value varies are not opened (e.g. a domain (3, 1))
         top = r if reds else max(by_depth, default=0)
         opened = []
@@ -217,15 +222,19 @@ class _Gen:
             for n in by_depth.get(a, []):
                 self.emit_node(n, val)
             rng = "prange" if (self.parallel and a == 0 and (not raxes or f >= 1)) else "range"
-            if chunk and a == r - 1:
-                cs = "prange" if self.parallel and r == 1 else "range"
-                opened.append(s.block(f"for q in {cs}(0, (n{a} + {CHUNK - 1}) // {CHUNK}):"))
+            if chunk:
+                opened.append(s.block(f"for q in {'prange' if self.parallel else 'range'}((n0 + {CHUNK - 1}) // {CHUNK}):"))
                 opened[-1].__enter__()
-                for n in reds:
-                    if n.op.name == "sum":
-                        s(f"part{n.id} = {literal(0, n.dtype)}")
-                opened.append(s.block(f"for i{a} in range(q * {CHUNK}, min(n{a}, (q + 1) * {CHUNK})):"))
+                s(f"lo = q * {CHUNK}")
+                s(f"hi = min(n0, lo + {CHUNK})")
+                for n in sums:
+                    s(f"part{n.id} = {literal(0, n.dtype)}")
+                slices_at = len(s.lines)
+                opened.append(s.block("for i0 in range(hi - lo):"))
             else:
+                if rowpart and a == r - 1:
+                    for n in sums:
+                        s(f"part{n.id} = {literal(0, n.dtype)}")
                 opened.append(s.block(f"for i{a} in {rng}(n{a}):"))
             opened[-1].__enter__()
         for n in by_depth.get(top, []):
@@ -234,19 +243,25 @@ class _Gen:
         for n in reds:
             v = self.read(n, 0, val)
             tgt = f"acc{n.id}" + (f"[{acc_idx}]" if acc_idx else "")
-            if chunk and n.op.name == "sum":
+            if (chunk or rowpart) and n.op.name == "sum":
                 tgt = f"part{n.id}"
             if n.op.name == "sum":
                 s(f"{tgt} += {v}  # {describe(n)}")
             else:
                 s(f"{tgt} = gmax({tgt}, {v})  # {describe(n)}")
-        # close loops down to depth f, adding chunk partial sums on the way
+        if chunk:  # the block reads and writes slices, so each block is a fresh, vectorizable loop
+            body = s.lines[slices_at:]
+            names = sorted(set(re.findall(r"\b([ao]\d+)\[i0\b", "\n".join(body))))
+            s.lines[slices_at:] = [re.sub(r"\b([ao]\d+)\[i0\b", r"\1c[i0", line) for line in body]
+            pad = "    " * (s.depth - 1)
+            s.lines[slices_at:slices_at] = [f"{pad}{a}c = {a}[lo:hi]" for a in names]
+        # close loops down to depth f, adding partial sums on the way
         for a in reversed(range(min(f, top), top)):
             opened.pop().__exit__(None, None, None)
-            if chunk and a == r - 1:
-                for n in reds:
-                    if n.op.name == "sum":
-                        s(f"acc{n.id} += part{n.id}")
+            if (chunk and a == 0) or (rowpart and a == r - 1):
+                for n in sums:
+                    s(f"acc{n.id} += part{n.id}")
+            if chunk and a == 0:
                 opened.pop().__exit__(None, None, None)
         if epi or reds:
             self.epilogue(reds, epi, val, kept_after)
