@@ -52,10 +52,10 @@ class Function:
     """A compiled step. Call it with arrays for its inputs, in order."""
 
     def __init__(self, inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True,
-                 debug: bool = False):
+                 debug: bool = False, threads: int | None = None):
         if target not in TARGETS:
             raise GraphcError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-        self.target, self.optimize, self.debug = target, optimize, debug
+        self.target, self.optimize, self.debug, self.threads = target, optimize, debug, threads
         self.inputs = list(inputs) if not isinstance(inputs, Node) else [inputs]
         names = set()
         for x in self.inputs:
@@ -98,7 +98,7 @@ class Function:
         self.program = build_program(self.outputs, self.updates, self.optimize)
         if self.target == "cpu":
             from .backends.cpu import CpuProgram
-            return CpuProgram(self.program, self.inputs, debug=self.debug)
+            return CpuProgram(self.program, self.inputs, debug=self.debug, threads=self.threads)
         from .backends.reference import ReferenceProgram
         return ReferenceProgram(self.program, self.inputs)
 
@@ -175,12 +175,14 @@ class Function:
 
 
 def function(inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True,
-             debug: bool = False) -> Function:
+             debug: bool = False, threads: int | None = None) -> Function:
     """Compile ``outputs`` (a node or a list) of ``inputs``, with param ``updates``
     applied after each call, for ``target`` ("numpy", the reference, or "cpu").
     ``optimize=False`` skips the passes and fusion; ``debug=True`` runs generated
-    code as plain Python (no JIT) for readable tracebacks.
+    code as plain Python (no JIT) for readable tracebacks. ``threads`` fixes the thread
+    count of compiled steps; by default they use every core and drop to one when a busy
+    neighbour makes steps much slower.
 
     >>> f = gc.function([x, y], [loss, gW], updates=[(W, W - 0.1 * gW)])
     """
-    return Function(inputs, outputs, updates, target, optimize, debug)
+    return Function(inputs, outputs, updates, target, optimize, debug, threads)

@@ -23,6 +23,7 @@ from ..shapes import resolve, size
 from . import cpu_math, diskcache
 from .loops import KernelCode, is_loop_kernel, kernel_code, literal
 from .source import Source
+from .threads import Governor
 
 PARALLEL_MIN = 1 << 18  # elements; below this a parallel launch costs more than it saves
 SYMBOLIC_GUESS = 256    # a symbolic dim's size when deciding serial or parallel
@@ -216,7 +217,7 @@ def _nojit(*args, **kwargs):
 class CpuProgram:
     """Compiles a program to one njit step; ``run`` validates nothing (Function did)."""
 
-    def __init__(self, program: Program, inputs: list[Node], debug: bool = False):
+    def __init__(self, program: Program, inputs: list[Node], debug: bool = False, threads: int | None = None):
         t0 = time.perf_counter()
         self.program, self.inputs, self.debug = program, inputs, debug
         self.source, w = generate(program, inputs)
@@ -232,6 +233,7 @@ class CpuProgram:
             self.module, self.cache_hit = diskcache.load_module(self.source, salt=cpu_math.SOURCE_HASH)
             self._step = self.module.step
         self._arena()
+        self.governor = Governor(threads)
         self._workspaces: dict[tuple, list[np.ndarray]] = {}
         self._dimnames = sorted({d for x in inputs for d in x.shape if isinstance(d, str)})
         self.out_is_source = [o.op.kind == "source" for o in program.roots[:program.n_outputs]]
@@ -288,7 +290,11 @@ class CpuProgram:
         ws = self._workspace(env)
         # np.ascontiguousarray would turn a 0-d array into 1-d
         args = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
+        gov = self.governor
+        gov.before()
+        t = time.perf_counter()
         res = iter(self._step(*self.arenas, *ws, *self.consts, *args))
+        gov.after(time.perf_counter() - t)
         prog = self.program
         out = []
         for o, is_src in zip(prog.roots[:prog.n_outputs], self.out_is_source):
@@ -334,7 +340,7 @@ class CpuProgram:
             return "debug mode: generated code runs as plain Python, no JIT"
         where = self.module.__file__
         state = "hit" if self.cache_hit else "miss"
-        return f"{state} ({where}); build + compile {self.compile_seconds:.2f} s"
+        return f"{state} ({where}); build + compile {self.compile_seconds:.2f} s\nthreads: {self.governor.describe()}"
 
 
 __all__ = ["CpuProgram", "generate", "base_of", "fmt_site"]
