@@ -34,8 +34,17 @@ def to_networkx(nodes: Node | Iterable[Node]) -> nx.DiGraph:
 
 def toposort(nodes: Node | Iterable[Node]) -> list[Node]:
     """Every node reachable from ``nodes``, inputs before users; ties broken by creation order."""
-    G = to_networkx(nodes)
-    return [G.nodes[i]["node"] for i in nx.lexicographical_topological_sort(G)]
+    G, by_id = nx.DiGraph(), {}
+    stack = _as_list(nodes)
+    while stack:
+        n = stack.pop()
+        if n.id in by_id:
+            continue
+        by_id[n.id] = n
+        G.add_node(n.id)
+        G.add_edges_from((i.id, n.id) for i in n.inputs)
+        stack.extend(n.inputs)
+    return [by_id[i] for i in nx.lexicographical_topological_sort(G)]
 
 
 def _short(dtype: np.dtype) -> str:

@@ -7,6 +7,7 @@ returns copies of the outputs. The module is written to the disk cache and impor
 so Numba's ``cache=True`` keeps the machine code across processes."""
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from math import prod
@@ -21,7 +22,7 @@ from ..passes.fusion import Kernel, base_of
 from ..program import Program
 from ..shapes import resolve, size
 from . import cpu_math, diskcache
-from .loops import KernelCode, is_loop_kernel, kernel_code, literal
+from .loops import KernelCode, describe, is_loop_kernel, kernel_code, literal
 from .source import Source
 from .threads import Governor
 
@@ -156,7 +157,11 @@ class _StepWriter:
             s(f"{name} = W_{n.dtype.name}[{_linear(off)}:{_linear(end)}].reshape({_shape(n.shape)})")
             self.names[n.id], self.contig[n.id] = name, True
         for k, code in codes:
-            s(f"# kernel {k.index}: {k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else ""))
+            s(f"# kernel {k.index}: {k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else "")
+              + (f"; same code as {code.name}" if code.same_as is not None else ""))
+            if code.same_as is not None:
+                for n in k.nodes:
+                    s(f"#   {describe(n)}")
             call = [_dim(d) for d in (k.domain if is_loop_kernel(k) else ())]
             call += [self.ref(u) for u in code.reads] + [self.ref(u) for u in code.scalars]
             call += [self.ref(w) for w in code.writes]
@@ -192,14 +197,30 @@ def _sources(prog: Program, kind: str) -> list[Node]:
     return found
 
 
+def _code_key(code: KernelCode) -> str:
+    """A kernel's code without its name and comments: equal keys compile to one function."""
+    lines = [ln.split("  #")[0].rstrip() for ln in code.source.splitlines()
+             if not ln.strip().startswith(("#", '"""'))]
+    text = "\n".join(lines).replace(code.name, "KERNEL")
+    names: dict[str, str] = {}  # value names carry node ids: number them by first use
+    return re.sub(r"\b(v|acc|part)\d+\b", lambda m: names.setdefault(m.group(0), f"{m.group(1)}_{len(names)}"), text)
+
+
 def generate(prog: Program, inputs: list[Node]) -> tuple[str, _StepWriter]:
-    codes = []
+    codes, first, bodies = [], {}, []
     for k in prog.kernels:
         n = prod(resolve(k.domain, _Guess()))
-        codes.append((k, kernel_code(k, f"k{k.index}_{k.kind}", parallel=n >= PARALLEL_MIN)))
+        code = kernel_code(k, f"k{k.index}_{k.kind}", parallel=n >= PARALLEL_MIN)
+        key = _code_key(code)
+        if key in first:  # e.g. the same layer twice: one function, compiled once
+            code.name, code.same_as = first[key].name, first[key]
+        else:
+            first[key] = code
+            bodies.append(code.source)
+        codes.append((k, code))
     w = _StepWriter(prog, inputs)
     step = w.write(codes)
-    text = HEADER.format(version=__version__) + "\n\n" + "\n\n".join(c.source for _, c in codes) + "\n\n" + step
+    text = HEADER.format(version=__version__) + "\n\n" + "\n\n".join(bodies) + "\n\n" + step
     return text, w
 
 
@@ -313,7 +334,6 @@ class CpuProgram:
 
     def profile(self, arrays: list[np.ndarray], env: dict, repeat: int = 20) -> list[float]:
         """Median seconds of each kernel: ``step`` runs as Python, calling the jitted kernels."""
-        import re
         times: dict[int, list[float]] = {}
 
         def timed(k: int, fn):
@@ -324,7 +344,15 @@ class CpuProgram:
             return call
         body = self.source[self.source.index("@njit(cache=True, nogil=True)\ndef step("):]
         body = body.replace("@njit(cache=True, nogil=True)\n", "")
-        body = re.sub(r"\b(k(\d+)_\w+)\(", lambda m: f"_timed({m.group(2)}, {m.group(1)})(", body)
+        lines, current = [], None
+        for line in body.splitlines():
+            m = re.match(r"\s*# kernel (\d+):", line)
+            current = int(m.group(1)) if m else current
+            call = re.match(r"(\s*)(k\d+_\w+)\(", line)
+            if call and current is not None:
+                line = f"{call.group(1)}_timed({current}, {call.group(2)})(" + line[call.end():]
+            lines.append(line)
+        body = "\n".join(lines)
         ns = dict(vars(self.module)) if self.module is not None else {}
         ns["_timed"] = timed
         exec(compile(body, "<graphc profile>", "exec"), ns)

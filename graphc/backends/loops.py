@@ -54,6 +54,7 @@ class KernelCode:
     scalars: list[Node] = field(default_factory=list)  # count values, in argument order
     writes: list[Node] = field(default_factory=list)   # arrays written, in argument order
     parallel: bool = False
+    same_as: KernelCode | None = None  # set when an identical kernel's function is reused
 
 
 class _Gen:
