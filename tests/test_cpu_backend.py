@@ -136,7 +136,8 @@ def test_source_is_readable_and_commented():
     src = f.source
     assert "def step(" in src and "np.dot(" in src
     assert "(forward, test_cpu_backend.py:" in src and "(backward, test_cpu_backend.py:" in src
-    assert src.count("@njit(") == len(f.kernels) + 1
+    shared = src.count("same code as")  # identical kernels share a function
+    assert src.count("@njit(") == len(f.kernels) + 1 - shared and shared > 0
     compile(src, "generated", "exec")
     assert "cache: " in f.report()
 
