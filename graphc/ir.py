@@ -188,7 +188,8 @@ def input(name: str, shape, dtype: Any = "float32") -> Node:
 
 
 def param(name: str, value, dtype: Any = None) -> Node:
-    """A trainable parameter with a concrete current value (``p.value``).
+    """A parameter with a concrete current value (``p.value``): trainable when float,
+    step state (such as a random key) when integer.
 
     >>> W = gc.param("W", np.zeros((784, 10), np.float32))
     """
@@ -197,8 +198,8 @@ def param(name: str, value, dtype: Any = None) -> Node:
         arr = arr.astype(dtype)
     elif arr.dtype == np.float64 and isinstance(value, (float, int, list, tuple)) and not isinstance(value, np.generic):
         arr = arr.astype(np.float32)  # Python numbers default to float32
-    if arr.dtype.kind != "f":
-        raise GraphcError(f"param {name}: dtype {arr.dtype} is not a float dtype")
+    if arr.dtype.kind not in "fiu":
+        raise GraphcError(f"param {name}: dtype {arr.dtype} is neither float nor integer")
     node = Node(OPS["param"], (), {}, arr.shape, arr.dtype, name=name)
     node._param = _ParamStore(np.array(arr, copy=True, order="C"))
     return node

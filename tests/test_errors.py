@@ -169,8 +169,11 @@ def test_bad_sources():
         gc.input("x", (1.5,))
     with pytest.raises(gc.GraphcError, match="single name"):
         gc.input("x", ("a*b",))
-    with pytest.raises(gc.GraphcError, match="int64 is not a float"):
-        gc.param("p", np.array([1, 2]))
+    with pytest.raises(gc.GraphcError, match="bool is neither float nor integer"):
+        gc.param("p", np.array([True, False]))
+    state = gc.param("step", np.array([1, 2]))  # integer params are step state, never trained
+    with pytest.raises(gc.DTypeError, match="not float"):
+        gc.grad(gc.sum(gc.cast(state, "float32")), state)
     W = gc.param("W", np.zeros((3, 4), np.float32))
     with pytest.raises(gc.GraphcError, match=r"\(2, 2\).*\(3, 4\)"):
         W.value = np.zeros((2, 2))

@@ -35,7 +35,7 @@ HEADER = """\
 import numpy as np
 from numba import njit, prange
 
-from graphc.backends.cpu_math import gexp, glog, glog1p, gmax, gmin, gsigmoid, gsoftplus, gtanh  # noqa: F401
+from graphc.backends.cpu_math import gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh  # noqa: F401
 
 # no nnan/ninf: NaN and inf propagate as in NumPy; reassoc lets float reductions vectorize
 FASTMATH = {{"nsz", "arcp", "contract", "afn", "reassoc"}}

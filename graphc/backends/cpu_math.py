@@ -46,7 +46,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "gmax", "gmin", "SOURCE_HASH"]
+__all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "gmax", "gmin", "grand", "SOURCE_HASH"]
 
 SOURCE_HASH: str = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
@@ -289,3 +289,17 @@ def gmax(a, b):
 def gmin(a, b):
     """np.minimum for scalars: NaN in either operand gives NaN."""
     return a if (a < b or a != a) else b
+
+
+_U = np.uint64
+
+
+@njit(**_PUBLIC)
+def grand(key, salt, flat):
+    """Uniform float32 in [0, 1): SplitMix64 of (key, salt, flat index); see graphc/ops/random.py."""
+    x = _U(key) * _U(0xD1B54A32D192ED03) + _U(salt) * _U(0xAEF17502108EF2D9) + _U(flat)
+    x = x + _U(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> _U(30))) * _U(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> _U(27))) * _U(0x94D049BB133111EB)
+    x = x ^ (x >> _U(31))
+    return np.float32(np.int64(x >> _U(40))) * np.float32(5.9604644775390625e-08)

@@ -137,6 +137,14 @@ class _Gen:
             return f"np.{n.dtype.name}({args[0]})"
         if n.op.name == "stop_gradient":
             return args[0]
+        if n.op.name == "random_uniform":  # hashed from the element's flat index
+            flat = "0"
+            for j, d in enumerate(n.shape):
+                if d != 1:
+                    a = j + self.r - n.ndim
+                    flat = f"i{a}" if flat == "0" else f"({flat}) * n{a} + i{a}"
+            rnd = n.op.scalar.format(*args, salt=n.attrs["salt"], flat=flat)
+            return rnd if n.dtype == np.float32 else f"np.{n.dtype.name}({rnd})"
         return n.op.scalar.format(*args)
 
     # -- statements -------------------------------------------------------------------

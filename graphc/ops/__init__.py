@@ -6,7 +6,8 @@ import functools
 
 from ..errors import GraphcError, fmt_site, user_site
 from ..ir import Node
-from . import elementwise, index, linalg, nn, reduce, shape
+from . import elementwise, index, linalg, nn, random, reduce  # noqa: F401 - each registers its ops
+from . import shape as _shape_ops  # noqa: F401
 from .elementwise import (
     abs,
     cast,
@@ -29,15 +30,16 @@ from .elementwise import (
 from .index import one_hot, pick, take
 from .linalg import matmul
 from .nn import log_softmax, logsumexp, mse, softmax, softmax_cross_entropy
+from .random import random_uniform
 from .reduce import max, mean, min, sum, sum_to
 from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squeeze, swapaxes, transpose
 
 __all__ = [
     "abs", "broadcast_to", "cast", "concatenate", "exp", "expand_dims", "log", "log1p", "log_softmax",
-    "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "one_hot", "pick", "relu", "reshape",
+    "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "one_hot", "pick", "random_uniform",
+    "relu", "reshape",
     "sigmoid", "sign", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze",
     "stop_gradient", "sum", "sum_to", "swapaxes", "take", "tanh", "transpose", "where",
-    "elementwise", "index", "linalg", "nn", "reduce", "shape",
 ]
 
 
