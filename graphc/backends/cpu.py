@@ -39,6 +39,7 @@ from graphc.backends.cpu_math import gexp, glog, glog1p, gmax, gmin, grand, gsig
 
 # no nnan/ninf: NaN and inf propagate as in NumPy; reassoc lets float reductions vectorize
 FASTMATH = {{"nsz", "arcp", "contract", "afn", "reassoc"}}
+NO_WRAPPERS = {{"no_cpython_wrapper": True, "no_cfunc_wrapper": True}}
 """
 
 
@@ -206,11 +207,11 @@ def _code_key(code: KernelCode) -> str:
     return re.sub(r"\b(v|acc|part)\d+\b", lambda m: names.setdefault(m.group(0), f"{m.group(1)}_{len(names)}"), text)
 
 
-def generate(prog: Program, inputs: list[Node]) -> tuple[str, _StepWriter]:
+def generate(prog: Program, inputs: list[Node], wrappers: bool = False) -> tuple[str, _StepWriter]:
     codes, first, bodies = [], {}, []
     for k in prog.kernels:
         n = prod(resolve(k.domain, _Guess()))
-        code = kernel_code(k, f"k{k.index}_{k.kind}", parallel=n >= PARALLEL_MIN)
+        code = kernel_code(k, f"k{k.index}_{k.kind}", parallel=n >= PARALLEL_MIN, wrappers=wrappers)
         key = _code_key(code)
         if key in first:  # e.g. the same layer twice: one function, compiled once
             code.name, code.same_as = first[key].name, first[key]
@@ -353,7 +354,11 @@ class CpuProgram:
                 line = f"{call.group(1)}_timed({current}, {call.group(2)})(" + line[call.end():]
             lines.append(line)
         body = "\n".join(lines)
-        ns = dict(vars(self.module)) if self.module is not None else {}
+        if self.module is None:
+            ns: dict = {}
+        else:  # a variant whose kernels Python may call
+            ns = dict(vars(diskcache.load_module(generate(self.program, self.inputs, wrappers=True)[0],
+                                                 salt=cpu_math.SOURCE_HASH)[0]))
         ns["_timed"] = timed
         exec(compile(body, "<graphc profile>", "exec"), ns)
         self._bind_params()

@@ -58,8 +58,8 @@ class KernelCode:
 
 
 class _Gen:
-    def __init__(self, k: Kernel, name: str, parallel: bool):
-        self.k, self.name, self.parallel = k, name, parallel
+    def __init__(self, k: Kernel, name: str, parallel: bool, wrappers: bool = False):
+        self.k, self.name, self.parallel, self.wrappers = k, name, parallel, wrappers
         self.r = len(k.domain) if k.kind in ("loop", "reduce", "matmul") else 0
         self.inside = {n.id for n in k.nodes}
         self.code = KernelCode(name, "")
@@ -185,7 +185,10 @@ class _Gen:
         dims = [f"n{j}" for j in range(self.r)]
         args = dims + [f"a{j}" for j in range(len(self.code.reads))] + \
             [f"c{j}" for j in range(len(self.code.scalars))] + [f"o{j}" for j in range(len(self.code.writes))]
-        s(f"@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model='numpy'{', parallel=True' if self.parallel else ''})")
+        # Kernels are only called from `step`: no Python or C entry points to compile (a third
+        # of the compile time), unless a profiler wants to call them one by one.
+        flags = ("" if not self.parallel else ", parallel=True") + ("" if self.wrappers else ", **NO_WRAPPERS")
+        s(f"@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model='numpy'{flags})")
         with s.block(f"def {self.name}({', '.join(args)}):"):
             s(f'"""kernel {k.index} ({k.kind} over {k.domain}): {kinds}"""')
             for n in k.nodes:
@@ -429,8 +432,8 @@ def can_parallelize(k: Kernel) -> bool:
                       and not any(n.op.name == "max" for n in k.nodes))
 
 
-def kernel_code(k: Kernel, name: str, parallel: bool = False) -> KernelCode:
-    return _Gen(k, name, parallel and can_parallelize(k)).generate()
+def kernel_code(k: Kernel, name: str, parallel: bool = False, wrappers: bool = False) -> KernelCode:
+    return _Gen(k, name, parallel and can_parallelize(k), wrappers).generate()
 
 
 def is_loop_kernel(k: Kernel) -> bool:
