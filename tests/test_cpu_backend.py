@@ -142,6 +142,17 @@ def test_source_is_readable_and_commented():
     assert "cache: " in f.report()
 
 
+def test_same_model_generates_the_same_module():
+    """The cache key must not depend on what the process built before."""
+    sources = []
+    for junk in (0, 37):
+        for _ in range(junk):
+            gc.input("junk", (3,)) * 2
+        x, y, logits, loss, params, updates = mlp()
+        sources.append(gc.function([x, y], loss, updates=updates, target="cpu", debug=True).source)
+    assert sources[0] == sources[1]
+
+
 def test_float32_kernels_have_no_double_in_llvm_ir(tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))  # compiled here, so the IR is at hand
     x = gc.input("x", ("n", 6))

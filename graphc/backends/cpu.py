@@ -17,6 +17,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import fmt_site
+from ..graph import toposort
 from ..ir import Node
 from ..passes.fusion import Kernel, base_of
 from ..program import Program
@@ -153,7 +154,7 @@ class _StepWriter:
                 self.names[n.id], self.contig[n.id] = self.names[p.id], True
                 continue
             off = slot_off[b.slot]
-            name = f"b{n.id}"
+            name = f"BUF__{n.id}"
             end = off + _monomial(size(n.shape))
             s(f"{name} = W_{n.dtype.name}[{_linear(off)}:{_linear(end)}].reshape({_shape(n.shape)})")
             self.names[n.id], self.contig[n.id] = name, True
@@ -192,7 +193,6 @@ class _StepWriter:
 
 
 def _sources(prog: Program, kind: str) -> list[Node]:
-    from ..graph import toposort
     found = [n for n in toposort(prog.roots) if n.op.name == kind]
     found += [p for p, _ in prog.updates if kind == "param"]
     return found
@@ -204,7 +204,7 @@ def _code_key(code: KernelCode) -> str:
              if not ln.strip().startswith(("#", '"""'))]
     text = "\n".join(lines).replace(code.name, "KERNEL")
     names: dict[str, str] = {}  # value names carry node ids: number them by first use
-    return re.sub(r"\b(v|acc|part)\d+\b", lambda m: names.setdefault(m.group(0), f"{m.group(1)}_{len(names)}"), text)
+    return re.sub(r"\b(V|ACC|PART)__\d+\b", lambda m: names.setdefault(m.group(0), f"{m.group(1)}_{len(names)}"), text)
 
 
 def generate(prog: Program, inputs: list[Node], wrappers: bool = False) -> tuple[str, _StepWriter]:
@@ -222,6 +222,11 @@ def generate(prog: Program, inputs: list[Node], wrappers: bool = False) -> tuple
     w = _StepWriter(prog, inputs)
     step = w.write(codes)
     text = HEADER.format(version=__version__) + "\n\n" + "\n\n".join(bodies) + "\n\n" + step
+    # Value names carry node ids, which depend on what the process built before; number them
+    # by position in the program instead, so the same model always generates the same module.
+    order = {n.id: i for i, n in enumerate(toposort(prog.roots))}
+    prefix = {"V": "v", "ACC": "acc", "PART": "part", "BUF": "b"}
+    text = re.sub(r"\b(V|ACC|PART|BUF)__(\d+)\b", lambda m: f"{prefix[m.group(1)]}{order[int(m.group(2))]}", text)
     return text, w
 
 

@@ -150,9 +150,9 @@ class _Gen:
     # -- statements -------------------------------------------------------------------
     def emit_node(self, n: Node, val: dict, acc_index: str = "") -> None:
         s = self.src
-        name = f"v{n.id}"
+        name = f"V__{n.id}"
         if n.op.kind == "reduce":
-            val[n.id] = f"acc{n.id}" + (f"[{acc_index}]" if acc_index else "")
+            val[n.id] = f"ACC__{n.id}" + (f"[{acc_index}]" if acc_index else "")
             name = val[n.id]
         elif n.op.kind == "matmul":
             val[n.id] = f"{self.out(n)}[{self.index(n.shape)}]"
@@ -240,13 +240,13 @@ class _Gen:
                 s(f"lo = q * {CHUNK}")
                 s(f"hi = min(n0, lo + {CHUNK})")
                 for n in sums:
-                    s(f"part{n.id} = {literal(0, n.dtype)}")
+                    s(f"PART__{n.id} = {literal(0, n.dtype)}")
                 slices_at = len(s.lines)
                 opened.append(s.block("for i0 in range(hi - lo):"))
             else:
                 if rowpart and a == r - 1:
                     for n in sums:
-                        s(f"part{n.id} = {literal(0, n.dtype)}")
+                        s(f"PART__{n.id} = {literal(0, n.dtype)}")
                 opened.append(s.block(f"for i{a} in {rng}(n{a}):"))
             opened[-1].__enter__()
         for n in by_depth.get(top, []):
@@ -254,9 +254,9 @@ class _Gen:
         acc_idx = ", ".join(f"i{a}" for a in kept_after)
         for n in reds:
             v = self.read(n, 0, val)
-            tgt = f"acc{n.id}" + (f"[{acc_idx}]" if acc_idx else "")
+            tgt = f"ACC__{n.id}" + (f"[{acc_idx}]" if acc_idx else "")
             if (chunk or rowpart) and n.op.name == "sum":
-                tgt = f"part{n.id}"
+                tgt = f"PART__{n.id}"
             if n.op.name == "sum":
                 s(f"{tgt} += {v}  # {describe(n)}")
             else:
@@ -272,7 +272,7 @@ class _Gen:
             opened.pop().__exit__(None, None, None)
             if (chunk and a == 0) or (rowpart and a == r - 1):
                 for n in sums:
-                    s(f"acc{n.id} += part{n.id}")
+                    s(f"ACC__{n.id} += PART__{n.id}")
             if chunk and a == 0:
                 opened.pop().__exit__(None, None, None)
         if epi or reds:
@@ -293,16 +293,16 @@ class _Gen:
         for n in reds:
             init = 0 if n.op.name == "sum" else (-np.inf if n.dtype.kind == "f" else np.iinfo(n.dtype).min)
             if scalar_acc:
-                self.src(f"acc{n.id} = {literal(init, n.dtype)}")
+                self.src(f"ACC__{n.id} = {literal(init, n.dtype)}")
                 continue
             shape = ", ".join(f"n{a}" for a in kept_after)
-            self.src(f"acc{n.id} = np.zeros(({shape},), np.{n.dtype.name})")
+            self.src(f"ACC__{n.id} = np.zeros(({shape},), np.{n.dtype.name})")
             if init != 0:  # np.full would cost seconds of compile time; a loop costs nothing
                 idx = ", ".join(f"i{a}" for a in kept_after)
                 for a in kept_after:
                     self.src.lines.append("    " * self.src.depth + f"for i{a} in range(n{a}):")
                     self.src.depth += 1
-                self.src(f"acc{n.id}[{idx}] = {literal(init, n.dtype)}")
+                self.src(f"ACC__{n.id}[{idx}] = {literal(init, n.dtype)}")
                 self.src.depth -= len(kept_after)
 
     def epilogue(self, reds, epi, val, kept_after) -> None:
