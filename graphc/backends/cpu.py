@@ -260,7 +260,8 @@ class CpuProgram:
             self.module, self.cache_hit = diskcache.load_module(self.source, salt=cpu_math.SOURCE_HASH)
             self._step = self.module.step
         self._arena()
-        self.governor = Governor(threads)
+        self.governor = Governor(threads, blas=any(k.kind == "matmul" for k in program.kernels),
+                                 parallel="parallel=True" in self.source)
         self._workspaces: dict[tuple, list[np.ndarray]] = {}
         self._dimnames = sorted({d for x in inputs for d in x.shape if isinstance(d, str)})
         self.out_is_source = [o.op.kind == "source" for o in program.roots[:program.n_outputs]]

@@ -1,22 +1,26 @@
 """Thread counts for BLAS and Numba's parallel loops, adapted to a busy machine.
 
 On a shared machine a neighbour may keep a core busy. Two BLAS threads then wait on
-each other across a contended core and a step runs tens of times slower (measured:
-an MLP step 6.5 ms alone, 124 ms with a busy neighbour; one thread: 8 ms). The
-governor watches each step's time: when steps run much slower than the best seen with
-all threads, it drops to one thread, and it probes all threads again now and then."""
+each other across a contended core and a step runs tens of times slower (measured: an
+MLP step 6.5 ms alone, 124 ms with a busy neighbour; with one thread, 8 ms). The
+governor times every step and now and then runs a few steps with the other thread
+count, keeping whichever is faster; probes back off exponentially while the choice
+holds, and come early when steps suddenly slow down."""
 from __future__ import annotations
 
 import os
+from collections import deque
+from statistics import median
 
 import numba
 
-SLOW = 3.0       # a step this many times slower than the best counts as contended
-STRIKES = 3      # consecutive slow steps before dropping to one thread
-PROBE_EVERY = 64  # steps at one thread between probes with all threads
+SLOW = 3.0          # a step this many times slower than the best seen is a warning sign
+PROBE_STEPS = 3     # steps run with the other thread count per probe
+FIRST_PROBE = 8
+MAX_INTERVAL = 1024
 
 _blas = None
-_current: int | None = None
+_blas_threads: int | None = None
 
 
 def available() -> int:
@@ -37,46 +41,65 @@ def _blas_libs():
     return _blas
 
 
-def set_threads(n: int) -> None:
-    """Threads for BLAS calls and parallel loops in compiled steps."""
-    global _current
-    if n == _current:
-        return
-    for lib in _blas_libs():
-        lib.set_num_threads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    _current = n
+def set_blas_threads(n: int) -> None:
+    """Threads of the BLAS that compiled steps call (only Numba and SciPy use that copy)."""
+    global _blas_threads
+    if n != _blas_threads:
+        for lib in _blas_libs():
+            lib.set_num_threads(n)
+        _blas_threads = n
 
 
 class Governor:
-    def __init__(self, threads: int | None = None) -> None:
+    """Chooses 1 or all threads per step. ``before``/``after`` wrap every step."""
+
+    def __init__(self, threads: int | None = None, blas: bool = True, parallel: bool = True) -> None:
         self.max = threads or available()
-        self.fixed = threads is not None or self.max == 1
+        self.blas, self.parallel = blas, parallel
+        self.fixed = threads is not None or self.max == 1 or not (blas or parallel)
         self.mode = self.max
+        self.recent = {self.max: deque(maxlen=5), 1: deque(maxlen=5)}
         self.best = {self.max: float("inf"), 1: float("inf")}
-        self.strikes = 0
-        self.calls = 0
-        self.switches = 0
+        self.calls, self.interval, self.next_probe = 0, FIRST_PROBE, FIRST_PROBE
+        self.probing, self.probe_from, self.slow, self.switches = 0, self.max, 0, 0
+        self._numba_prev: int | None = None
 
     def before(self) -> None:
         self.calls += 1
-        if self.mode == 1 and not self.fixed and self.calls % PROBE_EVERY == 0:
-            self.mode = self.max  # probe: is the neighbour gone?
-            self.strikes = STRIKES - 1
-        set_threads(self.mode)
+        if not self.fixed and not self.probing and self.calls >= self.next_probe:
+            self.probe_from, self.probing = self.mode, PROBE_STEPS
+            self.mode = 1 if self.mode == self.max else self.max
+        if self.blas:
+            set_blas_threads(self.mode)
+        if self.parallel and self.mode != self.max:
+            # numba's thread count is OpenMP's, which other libraries (torch) share: restore it
+            self._numba_prev = numba.get_num_threads()
+            numba.set_num_threads(self.mode)
 
     def after(self, seconds: float) -> None:
+        if self._numba_prev is not None:
+            numba.set_num_threads(self._numba_prev)
+            self._numba_prev = None
         m = self.mode
+        self.recent[m].append(seconds)
         self.best[m] = min(self.best[m], seconds)
-        if self.fixed or m == 1:
+        if self.fixed:
             return
-        if seconds > SLOW * self.best[m] and (self.best[1] == float("inf") or seconds > self.best[1]):
-            self.strikes += 1
-            if self.strikes >= STRIKES:
-                self.mode, self.strikes, self.switches = 1, 0, self.switches + 1
-        else:
-            self.strikes = 0
+        if self.probing:
+            self.probing -= 1
+            if not self.probing:
+                pick = min(self.recent, key=lambda k: median(self.recent[k]) if self.recent[k] else float("inf"))
+                kept = pick == self.probe_from
+                self.interval = min(self.interval * 2, MAX_INTERVAL) if kept else FIRST_PROBE
+                self.switches += not kept
+                self.mode, self.next_probe = pick, self.calls + self.interval
+            return
+        self.slow = self.slow + 1 if seconds > SLOW * self.best[m] else 0
+        if self.slow >= PROBE_STEPS:  # something changed: look again now
+            self.slow, self.next_probe, self.interval = 0, self.calls, FIRST_PROBE
 
     def describe(self) -> str:
-        return (f"{self.mode} of {self.max} threads now; {self.switches} drops to 1 thread under contention; "
-                f"best step {self.best[self.max] * 1e3:.3f} ms with {self.max} threads")
+        if self.fixed:
+            return f"{self.mode} thread(s), fixed"
+        best = ", ".join(f"{m} thread(s) {t * 1e3:.3f} ms" for m, t in self.best.items() if t < float("inf"))
+        return f"{self.mode} of {self.max} threads now; {self.switches} switches; best steps: {best}"
