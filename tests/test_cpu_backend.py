@@ -134,7 +134,7 @@ def test_source_is_readable_and_commented():
     x, y, logits, loss, params, updates = mlp()
     f = gc.function([x, y], loss, updates=updates, target="cpu")
     src = f.source
-    assert "def step(" in src and "np.dot(" in src
+    assert "def step(" in src and "gemm32(" in src
     assert "(forward, test_cpu_backend.py:" in src and "(backward, test_cpu_backend.py:" in src
     shared = src.count("same code as")  # identical kernels share a function
     assert src.count("@njit(") == len(f.kernels) + 1 - shared and shared > 0
@@ -247,3 +247,21 @@ def test_two_processes_compile_the_same_step_at_once(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert outs[0][0].split()[1] == outs[1][0].split()[1]
+
+
+def test_sgd_on_a_weight_is_one_gemm_in_place():
+    """W - lr * (x.T @ g) runs as sgemm with alpha=-lr, beta=1 into W: no temporary, no pass."""
+    xv, yv = RNG.standard_normal((12, 8)).astype(np.float32), RNG.integers(0, 3, 12)
+    res = {}
+    for target in ("numpy", "cpu"):
+        rng = np.random.default_rng(1)
+        x = gc.input("x", ("batch", 8))
+        y = gc.input("y", ("batch",), dtype="int64")
+        W = gc.param("W", rng.normal(0, 0.4, (8, 3)).astype(np.float32))
+        loss = gc.softmax_cross_entropy(x @ W, y)
+        f = gc.function([x, y], loss, updates=[(W, W - 0.5 * gc.grad(loss, W))], target=target)
+        res[target] = [float(f(xv, yv)) for _ in range(3)], W.value.copy()
+        if target == "cpu":
+            assert "np.float32(-0.5), np.float32(1.0))" in f.source
+    np.testing.assert_allclose(res["cpu"][0], res["numpy"][0], rtol=1e-5)
+    np.testing.assert_allclose(res["cpu"][1], res["numpy"][1], rtol=1e-5, atol=1e-6)

@@ -36,7 +36,8 @@ HEADER = """\
 import numpy as np
 from numba import njit, prange
 
-from graphc.backends.cpu_math import gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh  # noqa: F401
+from graphc.backends.cpu_math import (  # noqa: F401
+    gemm32, gemm64, gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh)
 
 # no nnan/ninf: NaN and inf propagate as in NumPy; reassoc lets float reductions vectorize
 FASTMATH = {{"nsz", "arcp", "contract", "afn", "reassoc"}}
@@ -209,9 +210,11 @@ def _code_key(code: KernelCode) -> str:
 
 def generate(prog: Program, inputs: list[Node], wrappers: bool = False) -> tuple[str, _StepWriter]:
     codes, first, bodies = [], {}, []
+    shared = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
     for k in prog.kernels:
         n = prod(resolve(k.domain, _Guess()))
-        code = kernel_code(k, f"k{k.index}_{k.kind}", parallel=n >= PARALLEL_MIN, wrappers=wrappers)
+        code = kernel_code(k, f"k{k.index}_{k.kind}", parallel=n >= PARALLEL_MIN, wrappers=wrappers,
+                           inplace=prog.memory.inplace, shared=shared)
         key = _code_key(code)
         if key in first:  # e.g. the same layer twice: one function, compiled once
             code.name, code.same_as = first[key].name, first[key]

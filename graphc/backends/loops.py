@@ -58,8 +58,11 @@ class KernelCode:
 
 
 class _Gen:
-    def __init__(self, k: Kernel, name: str, parallel: bool, wrappers: bool = False):
+    def __init__(self, k: Kernel, name: str, parallel: bool, wrappers: bool = False,
+                 inplace: dict | None = None, shared: set | None = None):
         self.k, self.name, self.parallel, self.wrappers = k, name, parallel, wrappers
+        self.inplace = inplace or {}  # output node id -> the param it overwrites
+        self.shared = shared or set()  # node ids other kernels read
         self.r = len(k.domain) if k.kind in ("loop", "reduce", "matmul") else 0
         self.inside = {n.id for n in k.nodes}
         self.code = KernelCode(name, "")
@@ -208,8 +211,8 @@ class _Gen:
         epi = [n for n in k.nodes if n.id in after]
         val: dict = {}
         for n in k.nodes:
-            if n.op.kind == "matmul":
-                self.matmul_call(n)
+            if n.op.kind == "matmul" and self.matmul_call(n):
+                return
         f = min(raxes) if raxes else r
         kept_after = [a for a in range(f, r) if a not in raxes]
         scalar_acc = not kept_after
@@ -332,25 +335,39 @@ class _Gen:
         while opened:
             opened.pop().__exit__(None, None, None)
 
-    def matmul_call(self, n: Node) -> None:
+    def axpy_update(self, mm: Node) -> tuple[Node, str] | None:
+        """A kernel that is only ``P - c * (a @ b)`` written in place into P (SGD on a weight)
+        is one gemm with alpha = -c and beta = 1: no temporary, no second pass."""
+        rest = [n for n in self.k.nodes if n is not mm]
+        if len(rest) != 2 or mm.id in self.shared:
+            return None
+        mul, upd = rest
+        if mul.op.name != "mul" or upd.op.name != "sub" or mul.id in self.shared or upd.inputs[1] is not mul:
+            return None
+        c, m = mul.inputs if mul.inputs[1] is mm else mul.inputs[::-1]
+        p = base_of(upd.inputs[0])[0]
+        if m is not mm or not is_scalar_const(c) or upd.inputs[0] is not p or self.inplace.get(upd.id) is not p:
+            return None
+        return upd, literal(-peel(c).attrs["value"], mm.dtype)
+
+    def matmul_call(self, n: Node) -> bool:
+        """Emit the BLAS call(s); True when the kernel's epilogue went into the call too."""
         s = self.src
         batch = n.ndim - 2
-        # A batched operand whose last two axes are swapped is read untransposed and its
-        # 2-d slices are transposed with .T: Fortran order, which BLAS takes without a copy.
-        ops, flips = [], []
-        for v in n.inputs:
-            u = peel(v)
-            swap = tuple(range(u.ndim - 2)) + (u.ndim - 1, u.ndim - 2)
-            flip = batch > 0 and u.op.name == "transpose" and u.attrs["axes"] == swap
-            ops.append(u.inputs[0] if flip else u)
-            flips.append(".T" if flip else "")
-        a, b = (self.array(u) for u in ops)
-        o = self.out(n)
-        A, B = n.inputs[0], n.inputs[1]
+        # gemm reads each operand's layout from its strides: transposed views need no copy
+        a, b = (self.array(peel(v)) for v in n.inputs)
+        A, B = peel(n.inputs[0]), peel(n.inputs[1])
+        gemm = "gemm32" if n.dtype == np.float32 else "gemm64"
         s(f"# {describe(n)}: {A.shape} @ {B.shape}")
+        fused = self.axpy_update(n) if batch == 0 else None
+        if fused is not None:
+            upd, alpha = fused
+            s(f"{gemm}({a}, {b}, {self.out(upd)}, {alpha}, {literal(1, n.dtype)})  # {describe(upd)}, in place")
+            return True
+        o = self.out(n)
         if batch == 0:
-            s(f"np.dot({a}, {b}, {o})")
-            return
+            s(f"{gemm}({a}, {b}, {o}, {literal(1, n.dtype)}, {literal(0, n.dtype)})")
+            return False
         idx = [f"m{j}" for j in range(batch)]
         for j in range(batch):
             s.lines.append("    " * s.depth + f"for m{j} in range({o}.shape[{j}]):")
@@ -360,8 +377,10 @@ class _Gen:
             lead = batch - (len(shape) - 2)
             parts = ["0" if shape[j] == 1 else idx[j + lead] for j in range(len(shape) - 2)]
             return f"{arr}[{', '.join(parts)}]" if parts else arr
-        s(f"np.dot({sub(a, A.shape)}{flips[0]}, {sub(b, B.shape)}{flips[1]}, {o}[{', '.join(idx)}])")
+        s(f"{gemm}({sub(a, A.shape)}, {sub(b, B.shape)}, {o}[{', '.join(idx)}], "
+          f"{literal(1, n.dtype)}, {literal(0, n.dtype)})")
         s.depth -= batch
+        return False
 
     def other(self) -> None:
         """Gathers, scatters and copies: one op, explicit loops."""
@@ -432,8 +451,9 @@ def can_parallelize(k: Kernel) -> bool:
                       and not any(n.op.name == "max" for n in k.nodes))
 
 
-def kernel_code(k: Kernel, name: str, parallel: bool = False, wrappers: bool = False) -> KernelCode:
-    return _Gen(k, name, parallel and can_parallelize(k), wrappers).generate()
+def kernel_code(k: Kernel, name: str, parallel: bool = False, wrappers: bool = False,
+                inplace: dict | None = None, shared: set | None = None) -> KernelCode:
+    return _Gen(k, name, parallel and can_parallelize(k), wrappers, inplace, shared).generate()
 
 
 def is_loop_kernel(k: Kernel) -> bool:
