@@ -29,6 +29,7 @@ from .threads import Governor
 
 PARALLEL_MIN = 1 << 18  # elements; below this a parallel launch costs more than it saves
 SYMBOLIC_GUESS = 256    # a symbolic dim's size when deciding serial or parallel
+BLAS_THREADED_FLOPS = 1 << 22  # smaller matmuls run on one thread whatever the setting
 
 HEADER = """\
 # graphc {version}: one training step for the CPU, compiled with numba.njit.
@@ -263,8 +264,9 @@ class CpuProgram:
             self.module, self.cache_hit = diskcache.load_module(self.source, salt=cpu_math.SOURCE_HASH)
             self._step = self.module.step
         self._arena()
-        self.governor = Governor(threads, blas=any(k.kind == "matmul" for k in program.kernels),
-                                 parallel="parallel=True" in self.source)
+        # OpenBLAS runs small products on one thread anyway: only big ones need governing
+        big = any(k.kind == "matmul" and k.flops(_Guess()) >= BLAS_THREADED_FLOPS for k in program.kernels)
+        self.governor = Governor(threads, blas=big, parallel="parallel=True" in self.source)
         self._workspaces: dict[tuple, list[np.ndarray]] = {}
         self._dimnames = sorted({d for x in inputs for d in x.shape if isinstance(d, str)})
         self.out_is_source = [o.op.kind == "source" for o in program.roots[:program.n_outputs]]
@@ -322,10 +324,13 @@ class CpuProgram:
         # np.ascontiguousarray would turn a 0-d array into 1-d
         args = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
         gov = self.governor
-        gov.before()
-        t = time.perf_counter()
-        res = iter(self._step(*self.arenas, *ws, *self.consts, *args))
-        gov.after(time.perf_counter() - t)
+        if gov.fixed:
+            res = iter(self._step(*self.arenas, *ws, *self.consts, *args))
+        else:
+            gov.before()
+            t = time.perf_counter()
+            res = iter(self._step(*self.arenas, *ws, *self.consts, *args))
+            gov.after(time.perf_counter() - t)
         prog = self.program
         out = []
         for o, is_src in zip(prog.roots[:prog.n_outputs], self.out_is_source):
