@@ -134,7 +134,7 @@ def test_source_is_readable_and_commented():
     x, y, logits, loss, params, updates = mlp()
     f = gc.function([x, y], loss, updates=updates, target="cpu")
     src = f.source
-    assert "def step(" in src and "gemm32(" in src
+    assert "def step(" in src and "gemm(" in src
     assert "(forward, test_cpu_backend.py:" in src and "(backward, test_cpu_backend.py:" in src
     shared = src.count("same code as")  # identical kernels share a function
     assert src.count("@njit(") == len(f.kernels) + 1 - shared and shared > 0

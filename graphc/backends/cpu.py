@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from graphc.backends.cpu_math import (  # noqa: F401
-    gemm32, gemm64, gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh)
+    gemm, gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh)
 
 # no nnan/ninf: NaN and inf propagate as in NumPy; reassoc lets float reductions vectorize
 FASTMATH = {{"nsz", "arcp", "contract", "afn", "reassoc"}}

@@ -47,7 +47,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 __all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "gmax", "gmin", "grand",
-           "gemm32", "gemm64", "SOURCE_HASH"]
+           "gemm", "SOURCE_HASH"]
 
 SOURCE_HASH: str = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
@@ -338,9 +338,20 @@ def _layout(a):
     return False, max(cols, 1), np.ascontiguousarray(a)
 
 
+def _gemm_stub(*args):
+    raise NotImplementedError
+
+
+@overload(_gemm_stub, jit_options={"cache": True})
+def _ol_gemm(*args):
+    """sgemm for float32 outputs, dgemm for float64: one gemm body serves both."""
+    blas = _sgemm if args[-1].dtype == types.float32 else _dgemm  # the last argument is c
+    return lambda *args: blas(*args[:-1])
+
+
 @njit(cache=True, nogil=True)
-def gemm32(a, b, c, alpha, beta):
-    """c = alpha * (a @ b) + beta * c for 2-d float32 arrays; c is C-ordered."""
+def gemm(a, b, c, alpha, beta):
+    """c = alpha * (a @ b) + beta * c for 2-d float32 or float64 arrays; c is C-ordered."""
     m, k = a.shape
     n = b.shape[1]
     ta, lda, a2 = _layout(a)
@@ -353,30 +364,8 @@ def gemm32(a, b, c, alpha, beta):
     flags[1] = 84 if ta else 78
     ab = np.empty(2, c.dtype)
     ab[0], ab[1] = alpha, beta
-    _sgemm(flags[0:].ctypes.data, flags[1:].ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
-           ints[2:].ctypes.data, ab[0:].ctypes.data, b2.ctypes.data, ints[3:].ctypes.data, a2.ctypes.data,
-           ints[4:].ctypes.data, ab[1:].ctypes.data, c.ctypes.data, ints[5:].ctypes.data)
-    # using the copies after the call keeps them alive through it (NRT frees at last use)
-    return a2.shape[0] + b2.shape[0] + ints[0] + flags[0] + np.int64(ab[0] != ab[0])
-
-
-@njit(cache=True, nogil=True)
-def gemm64(a, b, c, alpha, beta):
-    """c = alpha * (a @ b) + beta * c for 2-d float64 arrays; c is C-ordered."""
-    m, k = a.shape
-    n = b.shape[1]
-    ta, lda, a2 = _layout(a)
-    tb, ldb, b2 = _layout(b)
-    ints = np.empty(6, np.int32)  # BLAS takes every argument by reference
-    ints[0], ints[1], ints[2] = n, m, k
-    ints[3], ints[4], ints[5] = ldb, lda, max(c.strides[0] // c.itemsize if m > 1 else n, n, 1)
-    flags = np.empty(2, np.uint8)
-    flags[0] = 84 if tb else 78  # 'T' or 'N'; row-major C = A @ B is column-major C^T = B^T A^T
-    flags[1] = 84 if ta else 78
-    ab = np.empty(2, c.dtype)
-    ab[0], ab[1] = alpha, beta
-    _dgemm(flags[0:].ctypes.data, flags[1:].ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
-           ints[2:].ctypes.data, ab[0:].ctypes.data, b2.ctypes.data, ints[3:].ctypes.data, a2.ctypes.data,
-           ints[4:].ctypes.data, ab[1:].ctypes.data, c.ctypes.data, ints[5:].ctypes.data)
+    _gemm_stub(flags[0:].ctypes.data, flags[1:].ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
+               ints[2:].ctypes.data, ab[0:].ctypes.data, b2.ctypes.data, ints[3:].ctypes.data, a2.ctypes.data,
+               ints[4:].ctypes.data, ab[1:].ctypes.data, c.ctypes.data, ints[5:].ctypes.data, c)
     # using the copies after the call keeps them alive through it (NRT frees at last use)
     return a2.shape[0] + b2.shape[0] + ints[0] + flags[0] + np.int64(ab[0] != ab[0])

@@ -357,7 +357,7 @@ class _Gen:
         # gemm reads each operand's layout from its strides: transposed views need no copy
         a, b = (self.array(peel(v)) for v in n.inputs)
         A, B = peel(n.inputs[0]), peel(n.inputs[1])
-        gemm = "gemm32" if n.dtype == np.float32 else "gemm64"
+        gemm = "gemm"
         s(f"# {describe(n)}: {A.shape} @ {B.shape}")
         fused = self.axpy_update(n) if batch == 0 else None
         if fused is not None:
