@@ -16,7 +16,7 @@ from .ops import broadcast_to
 from .program import build_program
 from .shapes import broadcast, fmt_shape, resolve_dim
 
-TARGETS = ("numpy", "cpu")
+TARGETS = ("numpy", "cpu", "cuda")
 
 
 def _normalize_updates(updates) -> list[tuple[Node, Node]]:
@@ -52,10 +52,11 @@ class Function:
     """A compiled step. Call it with arrays for its inputs, in order."""
 
     def __init__(self, inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True,
-                 debug: bool = False, threads: int | None = None):
+                 debug: bool = False, threads: int | None = None, device_arrays: bool = False):
         if target not in TARGETS:
             raise GraphcError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
         self.target, self.optimize, self.debug, self.threads = target, optimize, debug, threads
+        self.device_arrays = device_arrays
         self.inputs = list(inputs) if not isinstance(inputs, Node) else [inputs]
         names = set()
         for x in self.inputs:
@@ -99,6 +100,9 @@ class Function:
         if self.target == "cpu":
             from .backends.cpu import CpuProgram
             return CpuProgram(self.program, self.inputs, debug=self.debug, threads=self.threads)
+        if self.target == "cuda":
+            from .backends.cuda import CudaProgram
+            return CudaProgram(self.program, self.inputs, device_arrays=self.device_arrays)
         from .backends.reference import ReferenceProgram
         return ReferenceProgram(self.program, self.inputs)
 
@@ -135,10 +139,17 @@ class Function:
         env: dict[str, int] = {}
         who: dict[str, str] = {}
         feeds = []
+        device_view = getattr(self._program, "device_view", None)  # target="cuda": device arrays, no copy
         for x, a in zip(self.inputs, args):
-            if isinstance(a, (int, float, bool, np.generic)) and not isinstance(a, np.ndarray):
+            d = device_view(a) if device_view is not None else None
+            if d is not None:
+                if d.dtype != x.dtype:
+                    raise InputError(f"input {x.name} ({fmt_site(x.site)}): device array of dtype {d.dtype}, expected "
+                                     f"{x.dtype}; device arrays are not cast")
+                a = d
+            elif isinstance(a, (int, float, bool, np.generic)) and not isinstance(a, np.ndarray):
                 a = np.asarray(a)
-            if not isinstance(a, np.ndarray):
+            if d is None and not isinstance(a, np.ndarray):
                 raise InputError(f"input {x.name} ({fmt_site(x.site)}): expected a numpy array, got {type(a).__name__}")
             if a.dtype != x.dtype:
                 if not np.can_cast(a.dtype, x.dtype, "safe"):
@@ -161,6 +172,7 @@ class Function:
             feeds.append(a)
         for k, bound, n in self._index_checks:
             a, n_max = feeds[k], resolve_dim(bound, env)
+            a = a if isinstance(a, np.ndarray) else a.copy_to_host()  # indices on the device are checked on the host
             if a.size and (a.min() < 0 or a.max() >= n_max):
                 bad = a[(a < 0) | (a >= n_max)].flat[0]
                 raise InputError(f"input {self.inputs[k].name}: index {bad} is out of range [0, {n_max}) "
@@ -175,9 +187,11 @@ class Function:
 
 
 def function(inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True,
-             debug: bool = False, threads: int | None = None) -> Function:
+             debug: bool = False, threads: int | None = None, device_arrays: bool = False) -> Function:
     """Compile ``outputs`` (a node or a list) of ``inputs``, with param ``updates``
-    applied after each call, for ``target`` ("numpy", the reference, or "cpu").
+    applied after each call, for ``target`` ("numpy", the reference, "cpu", or "cuda": NVIDIA GPUs
+    through numba-cuda, or its simulator with NUMBA_ENABLE_CUDASIM=1; ``device_arrays=True``
+    returns device arrays there; device array inputs are always used without a copy).
     ``optimize=False`` skips the passes and fusion; ``debug=True`` runs generated
     code as plain Python (no JIT) for readable tracebacks. ``threads`` fixes the thread
     count of compiled steps; by default they use every core and drop to one when a busy
@@ -185,4 +199,4 @@ def function(inputs: Sequence[Node], outputs, updates=None, target: str = "numpy
 
     >>> f = gc.function([x, y], [loss, gW], updates=[(W, W - 0.1 * gW)])
     """
-    return Function(inputs, outputs, updates, target, optimize, debug, threads)
+    return Function(inputs, outputs, updates, target, optimize, debug, threads, device_arrays)

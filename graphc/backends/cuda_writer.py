@@ -1,0 +1,258 @@
+"""Writing one CUDA kernel: its arguments, views as index arithmetic, and node values.
+
+Every array a kernel touches is a flat, contiguous buffer (a slice of the workspace, a param's
+device copy, an input, a constant). Views (reshape, transpose, broadcast, slice) become index
+arithmetic on the way to their buffer, so no view is ever materialized: ``offset`` walks a view
+chain down to its buffer, turning an index into the view into an offset into the buffer."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+
+from ..ir import Node
+from ..passes.fusion import VIEWS, Kernel, base_of
+from .cuda_math import device_name
+from .loops import describe, literal, peel
+from .source import Source
+
+
+def dim(d) -> str:
+    """A dim as an expression: symbolic names are the kernel's ``d_<name>`` arguments."""
+    if isinstance(d, int):
+        return str(d)
+    return " * ".join(f if f.isdigit() else f"d_{f}" for f in d.split("*"))
+
+
+def symbols(shapes) -> set[str]:
+    return {f"d_{f}" for s in shapes for d in s if isinstance(d, str) for f in d.split("*") if not f.isdigit()}
+
+
+def numel(shape) -> str:
+    ints = prod(d for d in shape if isinstance(d, int))
+    syms = [dim(d) for d in shape if not isinstance(d, int)]
+    return " * ".join(([str(ints)] if ints != 1 or not syms else []) + syms)
+
+
+def _paren(e: str) -> str:
+    return e if e.replace("_", "").isalnum() else f"({e})"
+
+
+@dataclass(eq=False)  # compared by identity: fields hold nodes, whose == builds graph ops
+class KernelCode:
+    name: str
+    source: str
+    launch: str                                         # step expression: (blocks, threads)
+    syms: list[str] = field(default_factory=list)       # d_<dim> arguments
+    reads: list[Node] = field(default_factory=list)     # buffers read (base nodes), in argument order
+    scalars: list[Node] = field(default_factory=list)   # count nodes
+    writes: list[Node] = field(default_factory=list)    # buffers written
+    zero_first: list[Node] = field(default_factory=list)  # written by atomic adds: zero them first
+    scratch: list[tuple] = field(default_factory=list)    # (dtype, size) of zeroed device arrays it keeps
+
+
+class KernelWriter:
+    """One kernel. ``ax`` names the index variable of each axis of the current domain."""
+
+    def __init__(self, k: Kernel | None, name: str, skip_writes: set[int]):
+        self.k, self.name = k, name
+        self.inside = {n.id for n in k.nodes} if k else set()
+        self.out_ids = {o.id for o in k.outputs if o.id not in skip_writes} if k else set()
+        self.code = KernelCode(name, "", "")
+        self.arg: dict = {}
+        self.s = Source()
+        self.s.depth = 1
+        self.tmp = itertools.count()
+        self.shapes: list[tuple] = []
+        self.ax: list[str] = []
+        self.domain: tuple = ()
+        self.flat: str | None = None   # a variable equal to the row-major index over the domain
+
+    # -- arguments -----------------------------------------------------------------------
+    def array(self, v: Node) -> str:
+        if v.id not in self.arg:
+            self.arg[v.id] = f"a{len(self.code.reads)}"
+            self.code.reads.append(v)
+        return self.arg[v.id]
+
+    def out(self, n: Node) -> str:
+        if ("o", n.id) not in self.arg:
+            self.arg[("o", n.id)] = f"o{len(self.code.writes)}"
+            self.code.writes.append(n)
+        return self.arg[("o", n.id)]
+
+    def scalar_arg(self, v: Node) -> str:
+        if v.id not in self.arg:
+            self.arg[v.id] = f"c{len(self.code.scalars)}"
+            self.code.scalars.append(v)
+        return self.arg[v.id]
+
+    def scratch(self, dtype: np.dtype, size: int) -> str:
+        """A zero-initialised device array owned by this kernel (kept across launches)."""
+        self.code.scratch.append((dtype, size))
+        return f"s{len(self.code.scratch) - 1}"
+
+    def d(self, x) -> str:
+        self.shapes.append((x,))
+        return dim(x)
+
+    def n(self, shape) -> str:
+        self.shapes.append(tuple(shape))
+        return numel(shape)
+
+    # -- index arithmetic ----------------------------------------------------------------------
+    def index(self, shape: tuple, lead: int | None = None) -> list[str]:
+        """Index of an array of ``shape`` right-aligned in the domain (unit dims read 0)."""
+        lead = len(self.ax) - len(shape) if lead is None else lead
+        return ["0" if d == 1 else self.ax[j + lead] for j, d in enumerate(shape)]
+
+    def linear(self, idx: list[str], shape: tuple) -> str:
+        if self.flat and tuple(shape) == tuple(self.domain) and idx == self.index(self.domain):
+            return self.flat
+        e = "0"
+        for i, d in zip(idx, shape):
+            if d == 1:  # its only index is 0
+                continue
+            if e == "0":
+                e = i
+            else:
+                e = f"{_paren(e)} * {self.d(d)}" + (f" + {i}" if i != "0" else "")
+        return e
+
+    def unflatten(self, lin: str, shape: tuple) -> list[str]:
+        """Index into ``shape`` of a row-major offset (statements: ``%`` and ``//``)."""
+        live = [j for j, d in enumerate(shape) if d != 1]
+        idx = ["0"] * len(shape)
+        if len(live) == 1:
+            idx[live[0]] = _paren(lin)
+        elif live:
+            q = f"q{next(self.tmp)}"
+            self.s(f"{q} = {lin}")
+            for j in reversed(live[1:]):
+                idx[j] = f"{q}_{j}"
+                self.s(f"{idx[j]} = {q} % {self.d(shape[j])}")
+                self.s(f"{q} = {q} // {self.d(shape[j])}")
+            idx[live[0]] = q
+        return idx
+
+    def offset(self, v: Node, idx: list[str]) -> str:
+        """Offset into the flat buffer under ``v``'s views of the element at ``idx`` of ``v``."""
+        lin = None  # set while a reshape has folded the index into one offset
+        while v.op.name in VIEWS:
+            op = v.op.name
+            if op == "stop_gradient":
+                v = v.inputs[0]
+                continue
+            if op == "reshape":
+                lin = lin if lin is not None else self.linear(idx, v.shape)
+                v = v.inputs[0]
+                continue
+            if lin is not None:
+                idx, lin = self.unflatten(lin, v.shape), None
+            x = v.inputs[0]
+            if op == "broadcast_to":
+                lead = v.ndim - x.ndim
+                idx = ["0" if d == 1 else idx[j + lead] for j, d in enumerate(x.shape)]
+            elif op == "transpose":
+                new = ["0"] * x.ndim
+                for k, a in enumerate(v.attrs["axes"]):
+                    new[a] = idx[k]
+                idx = new
+            else:  # slice: start + step * i
+                idx = [i if t is None else (f"{t[0]} + {_paren(i)}" if t[2] == 1 else f"{t[0]} + {t[2]} * {_paren(i)}")
+                       .removeprefix("0 + ") for i, t in zip(idx, v.attrs["index"])]
+            v = x
+        return lin if lin is not None else self.linear(idx, v.shape)
+
+    def load(self, v: Node, idx: list[str]) -> str:
+        b = base_of(v)[0]
+        if b.op.name == "constant" and b.attrs["value"].size == 1:  # any view of one value is that value
+            return literal(b.attrs["value"], b.dtype)
+        return f"{self.array(b)}[{self.offset(v, idx)}]"
+
+    def decompose(self, var: str, axes: list[int], shape: tuple) -> None:
+        """Set ``i<a>`` for ``axes`` (row-major, last fastest) from the flat index ``var``."""
+        live = [a for a in axes if shape[a] != 1]
+        for a in axes:
+            if shape[a] == 1:
+                self.s(f"i{a} = 0")
+        if len(live) == 1:
+            self.s(f"i{live[0]} = {var}")
+        elif live:
+            q = var
+            for a in reversed(live[1:]):
+                self.s(f"i{a} = {q} % {self.d(shape[a])}")
+                self.s(f"q = {q} // {self.d(shape[a])}")
+                q = "q"
+            self.s(f"i{live[0]} = q")
+
+    # -- values ------------------------------------------------------------------------------
+    def read(self, n: Node, pos: int, val: dict) -> str:
+        v = n.inputs[pos]
+        b = base_of(v)[0]
+        if b.id in self.inside:
+            return val[b.id]
+        if peel(v).op.name == "count":
+            return self.scalar_arg(peel(v))
+        lead = len(self.ax) - n.ndim
+        if n.op.name == "one_hot":
+            return self.load(v, self.index(v.shape, lead))
+        if n.op.name == "pick" and pos == 0:  # z[..., idx[...]]
+            return self.load(v, self.index(v.shape[:-1], lead) + [_paren(self.read(n, 1, val))])
+        return self.load(v, self.index(v.shape))
+
+    def expr(self, n: Node, val: dict) -> str:
+        args = [self.read(n, i, val) for i in range(len(n.inputs))]
+        name = n.op.name
+        if name == "one_hot":
+            return f"np.{n.dtype.name}({args[0]} == {self.ax[-1]})"
+        if name == "pick":
+            return args[0]
+        if name == "cast":
+            return f"np.{n.dtype.name}({args[0]})"
+        if name == "random_uniform":
+            flat = self.linear(self.index(n.shape), n.shape)
+            rnd = n.op.scalar.format(*args, salt=n.attrs["salt"], flat=flat)
+            return rnd if n.dtype == np.float32 else f"np.{n.dtype.name}({rnd})"
+        return device_name(n.op.scalar, n.dtype).format(*args)
+
+    def emit(self, n: Node, val: dict) -> None:
+        if n.op.kind == "reduce":
+            val[n.id] = f"acc{n.id}"
+        else:
+            self.s(f"v{n.id} = {self.expr(n, val)}  # {describe(n)}")
+            val[n.id] = f"v{n.id}"
+        if n.id in self.out_ids:
+            self.s(f"{self.out(n)}[{self.linear(self.own_index(n), n.shape)}] = {val[n.id]}")
+
+    def own_index(self, n: Node) -> list[str]:
+        """A reduction without keepdims keeps only the unreduced axes of the domain."""
+        if n.op.kind == "reduce" and not n.attrs["keepdims"]:
+            return ["0" if self.domain[a] == 1 else self.ax[a] for a in range(len(self.ax)) if a not in n.attrs["axes"]]
+        return self.index(n.shape)
+
+    def set_domain(self, shape: tuple, flat: str | None) -> None:
+        self.domain, self.flat = tuple(shape), flat
+        self.ax = [f"i{a}" for a in range(len(shape))]
+
+    # -- the kernel --------------------------------------------------------------------------
+    def finish(self, doc: str, header: list[str]) -> KernelCode:
+        syms = sorted(symbols(self.shapes))
+        args = syms + [f"a{j}" for j in range(len(self.code.reads))] + \
+            [f"c{j}" for j in range(len(self.code.scalars))] + [f"o{j}" for j in range(len(self.code.writes))] + \
+            [f"s{j}" for j in range(len(self.code.scratch))]
+        top = Source()
+        top("@cuda.jit(cache=CACHE)")
+        top(f"def {self.name}({', '.join(args)}):")
+        top(f'    """{doc}"""')
+        for n in (self.k.nodes if self.k else []):
+            top(f"    # {describe(n)}")
+        for line in header:
+            top("    " + line)
+        self.code.source = top.text() + self.s.text()
+        self.code.syms = syms
+        return self.code
+
+
