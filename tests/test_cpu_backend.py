@@ -265,3 +265,28 @@ def test_sgd_on_a_weight_is_one_gemm_in_place():
             assert "np.float32(-0.5), np.float32(1.0))" in f.source
     np.testing.assert_allclose(res["cpu"][0], res["numpy"][0], rtol=1e-5)
     np.testing.assert_allclose(res["cpu"][1], res["numpy"][1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_updates_are_simultaneous_swaps_and_outputs_see_old_params(target):
+    a = gc.param("a", np.array([1.0, 2.0, 3.0], np.float32))
+    b = gc.param("b", np.array([10.0, 11.0, 12.0], np.float32))
+    x = gc.input("x", (3,))
+    f = gc.function([x], [a.T * 1, b + x], updates=[(a, b), (b, a)], target=target)
+    out_a, out_b = f(np.zeros(3, np.float32))
+    np.testing.assert_array_equal(a.value, [10, 11, 12])
+    np.testing.assert_array_equal(b.value, [1, 2, 3])
+    np.testing.assert_array_equal(out_a, [1, 2, 3])
+    np.testing.assert_array_equal(out_b, [10, 11, 12])
+
+
+@pytest.mark.parametrize("target", ["numpy", "cpu"])
+def test_param_read_at_other_indices_is_not_overwritten_in_place(target):
+    """p (shape (4,)) is read by every row of a (3, 4) loop that also updates it."""
+    p = gc.param("p", np.arange(4, dtype=np.float32))
+    x = gc.input("x", (3, 4))
+    y = x * p
+    f = gc.function([x], y, updates=[(p, p * 2 + 1)], target=target)
+    out = f(np.ones((3, 4), np.float32))
+    np.testing.assert_array_equal(out, np.tile(np.arange(4, dtype=np.float32), (3, 1)))
+    np.testing.assert_array_equal(p.value, np.arange(4) * 2 + 1)

@@ -171,19 +171,28 @@ class _StepWriter:
             call += [self.ref(w) for w in code.writes]
             s(f"{code.name}({', '.join(call)})")
         n_out = prog.n_outputs
+        # outputs are taken before any param is overwritten: they see the step's old params
+        outs = [self.ref(o) for o in prog.roots[:n_out] if o.op.kind != "source"]
+        for j, o in enumerate(outs):
+            s(f"out{j} = {o}.copy()")
         copies = [(p, e) for p, e in prog.updates if e.id not in prog.memory.inplace]
         if copies:
-            s("# updates that could not be written in place")
+            s("# updates that could not be written in place; values that are params are read first,")
+            s("# so that updates like (a, b), (b, a) swap")
+        targets, staged = {p.id for p, _ in copies}, {}
+        for j, (p, e) in enumerate(copies):
+            if base_of(e)[0].id in targets:
+                staged[p.id] = f"u{j}"
+                s(f"u{j} = {self.ref(e)}.copy()")
         for p, e in copies:  # explicit loops: slice assignment costs seconds of Numba compile time
-            src, dst = self.ref(e), self.names[p.id]
+            src, dst = staged.get(p.id) or self.ref(e), self.names[p.id]
             for t in range(p.ndim):
                 s.lines.append("    " * s.depth + f"for j{t} in range({p.shape[t]}):")
                 s.depth += 1
             js = ", ".join(f"j{t}" for t in range(p.ndim)) or "()"
             s(f"{dst}[{js}] = {src}[{js}]  # {p.name}")
             s.depth -= p.ndim
-        outs = [self.ref(o) for o in prog.roots[:n_out] if o.op.kind != "source"]
-        s("return (" + "".join(f"{o}.copy(), " for o in outs) + ")")
+        s("return (" + "".join(f"out{j}, " for j in range(len(outs))) + ")")
         args += [f"K{j}" for j in range(len(self.consts))] + [f"in_{_ident(x.name)}" for x in self.inputs]
         head = Source()
         head("@njit(cache=True, nogil=True)")
@@ -270,6 +279,7 @@ class CpuProgram:
         self._workspaces: dict[tuple, list[np.ndarray]] = {}
         self._dimnames = sorted({d for x in inputs for d in x.shape if isinstance(d, str)})
         self.out_is_source = [o.op.kind == "source" for o in program.roots[:program.n_outputs]]
+        self.any_source_out = any(self.out_is_source)
         if not debug:
             self._compile()
         self.compile_seconds = time.perf_counter() - t0
@@ -323,6 +333,10 @@ class CpuProgram:
         ws = self._workspace(env)
         # np.ascontiguousarray would turn a 0-d array into 1-d
         args = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
+        prog = self.program
+        # outputs that are params or inputs themselves are taken before the step updates params
+        src_out = [np.array(self._source_value(o, arrays), copy=True) if is_src else None
+                   for o, is_src in zip(prog.roots[:prog.n_outputs], self.out_is_source)] if self.any_source_out else ()
         gov = self.governor
         if gov.fixed:
             res = iter(self._step(*self.arenas, *ws, *self.consts, *args))
@@ -331,14 +345,9 @@ class CpuProgram:
             t = time.perf_counter()
             res = iter(self._step(*self.arenas, *ws, *self.consts, *args))
             gov.after(time.perf_counter() - t)
-        prog = self.program
-        out = []
-        for o, is_src in zip(prog.roots[:prog.n_outputs], self.out_is_source):
-            if is_src:
-                out.append(np.array(self._source_value(o, arrays), copy=True))
-            else:
-                out.append(next(res))
-        return out
+        if not self.any_source_out:
+            return list(res)
+        return [v if v is not None else next(res) for v in src_out]
 
     def _source_value(self, o: Node, arrays):
         if o.op.name == "param":

@@ -39,6 +39,26 @@ class MemoryPlan:
                     for k in range(last + 1)), default=0)
 
 
+def _same_index(k: Kernel, p: Node, e: Node) -> bool:
+    """Whether the kernel that writes ``e`` into ``p`` reads ``p`` only where it writes it:
+    ``p`` spans the whole domain, or is one value read before the loops (hoisted), or the
+    write is an epilogue after the loops of a reduction that starts at the first axis."""
+    if p.ndim == 0 or (1,) * (len(k.domain) - p.ndim) + tuple(p.shape) == tuple(k.domain):
+        return True
+    return bool(k.raxes) and min(k.raxes) == 0 and _after_reduction(k, e)
+
+
+def _after_reduction(k: Kernel, e: Node) -> bool:
+    inside = {n.id: n for n in k.nodes}
+    stack = [e]
+    while stack:
+        n = stack.pop()
+        if n.op.kind == "reduce":
+            return True
+        stack += [inside[b.id] for b in (base_of(i)[0] for i in n.inputs) if b.id in inside]
+    return False
+
+
 def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[Node, Node]]) -> MemoryPlan:
     end = len(kernels)
     root_ids = {base_of(r)[0].id for r in roots}
@@ -61,14 +81,16 @@ def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[No
                     buffers[b.id].last = max(buffers[b.id].last, k.index)
     plan = MemoryPlan(buffers)
     # A param is overwritten in place when nothing reads it after its update is computed,
-    # and the updating kernel itself reads it only at the index it writes.
-    returned = {base_of(r)[0].id for r in roots[:len(roots) - len(updates)]}
+    # and the updating kernel itself reads it only at the index it writes. Outputs and
+    # update values that are the param itself read it at the end of the step.
+    read_at_end = {base_of(r)[0].id for r in roots[:len(roots) - len(updates)]}
+    read_at_end |= {base_of(e)[0].id for _, e in updates if base_of(e)[0].op.kind == "source"}
     for p, e in updates:
-        if e.id not in buffers or p.id in returned:
+        if e.id not in buffers or p.id in read_at_end:
             continue
         k = buffers[e.id].first
-        if all(j < k or (j == k and aligned) for j, aligned in reads.get(p.id, [])) and \
-                sum(1 for _, e2 in updates if e2.id == e.id) == 1:
+        if all(j < k or (j == k and aligned and _same_index(kernels[k], p, e)) for j, aligned in reads.get(p.id, [])) \
+                and sum(1 for _, e2 in updates if e2.id == e.id) == 1:
             plan.inplace[e.id] = p
     # Greedy reuse: a dead buffer's slot serves the next buffer of the same size and dtype.
     free: dict[tuple, list[int]] = {}
