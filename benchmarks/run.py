@@ -199,7 +199,7 @@ def graphc_fingerprint() -> str:
 def warm_compile(name: str, engine: str, quick: bool, threads: int | None) -> tuple[float, str | None]:
     """graphc build + first call in a fresh interpreter sharing $GRAPHC_CACHE_DIR: (seconds, "hit"/"miss")."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "benchmarks.run", "--warm-child", f"{name}:{engine}"]
+    cmd = [sys.executable, "-m", "benchmarks.run", "--warm-child", f"{name}:{engine}", f"--target={GRAPHC_TARGETS['graphc']}"]
     cmd += (["--quick"] if quick else []) + ([f"--threads={threads}"] if threads else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     if out.returncode:
@@ -356,6 +356,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="limit torch/numba/BLAS threads (jax: only 1 is honoured)")
     ap.add_argument("--cache-dir", default=None, help="GRAPHC_CACHE_DIR to use (default: a fresh temporary one, so cold is cold)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="where results.json/results.md go")
+    ap.add_argument("--target", choices=("cpu", "cuda"), default="cpu", help="target of the graphc engine (default cpu)")
     ap.add_argument("--warm-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.workloads is None:
@@ -375,6 +376,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark; returns what is written to results.json."""
     args = parse_args(argv)
+    GRAPHC_TARGETS["graphc"] = args.target
     if args.warm_child:
         warm_child(args.warm_child, args.quick, args.threads)
         return {}
@@ -389,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             missing, import_s = import_engines(args.engines, args.threads)
             engines = [e for e in args.engines if e not in missing]
             info = machine_info()
-            header = {"OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+            header = {"target": args.target, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
                       "OMP_WAIT_POLICY": ENV_AT_START["OMP_WAIT_POLICY"], "cpus": info["affinity"], "load": args.load,
                       "quick": args.quick, "repeat": args.repeat, "threads": info["threads"],
                       "loadavg": "/".join(f"{x:.2f}" for x in info["loadavg"] or ())}
