@@ -132,6 +132,25 @@ class Function:
         from .report import report
         return report(self, env if env is not None else self._last_env)
 
+    def _convert(self, x: Node, a, device_view):
+        """An argument that is not already a numpy array of the input's dtype."""
+        d = device_view(a) if device_view is not None else None
+        if d is not None:
+            if d.dtype != x.dtype:
+                raise InputError(f"input {x.name} ({fmt_site(x.site)}): device array of dtype {d.dtype}, expected "
+                                 f"{x.dtype}; device arrays are not cast")
+            return d
+        if isinstance(a, (int, float, bool, np.generic)) and not isinstance(a, np.ndarray):
+            a = np.asarray(a)
+        if not isinstance(a, np.ndarray):
+            raise InputError(f"input {x.name} ({fmt_site(x.site)}): expected a numpy array, got {type(a).__name__}")
+        if a.dtype != x.dtype:
+            if not np.can_cast(a.dtype, x.dtype, "safe"):
+                raise InputError(f"input {x.name} ({fmt_site(x.site)}): dtype {a.dtype} cannot be cast safely to "
+                                 f"{x.dtype}; convert it with .astype(np.{x.dtype.name})")
+            a = a.astype(x.dtype)
+        return a
+
     def _bind(self, args: tuple) -> tuple[dict, dict]:
         if len(args) != len(self.inputs):
             names = ", ".join(x.name for x in self.inputs)
@@ -141,21 +160,8 @@ class Function:
         feeds = []
         device_view = getattr(self._program, "device_view", None)  # target="cuda": device arrays, no copy
         for x, a in zip(self.inputs, args):
-            d = device_view(a) if device_view is not None else None
-            if d is not None:
-                if d.dtype != x.dtype:
-                    raise InputError(f"input {x.name} ({fmt_site(x.site)}): device array of dtype {d.dtype}, expected "
-                                     f"{x.dtype}; device arrays are not cast")
-                a = d
-            elif isinstance(a, (int, float, bool, np.generic)) and not isinstance(a, np.ndarray):
-                a = np.asarray(a)
-            if d is None and not isinstance(a, np.ndarray):
-                raise InputError(f"input {x.name} ({fmt_site(x.site)}): expected a numpy array, got {type(a).__name__}")
-            if a.dtype != x.dtype:
-                if not np.can_cast(a.dtype, x.dtype, "safe"):
-                    raise InputError(f"input {x.name} ({fmt_site(x.site)}): dtype {a.dtype} cannot be cast safely to "
-                                     f"{x.dtype}; convert it with .astype(np.{x.dtype.name})")
-                a = a.astype(x.dtype)
+            if type(a) is not np.ndarray or a.dtype != x.dtype:  # the common case skips all of this
+                a = self._convert(x, a, device_view)
             if a.ndim != x.ndim:
                 raise InputError(f"input {x.name} ({fmt_site(x.site)}): expected {x.ndim}-d shape {fmt_shape(x.shape)}, "
                                  f"got {a.ndim}-d {fmt_shape(a.shape)}")
