@@ -338,7 +338,7 @@ class CpuProgram:
         src_out = [np.array(self._source_value(o, arrays), copy=True) if is_src else None
                    for o, is_src in zip(prog.roots[:prog.n_outputs], self.out_is_source)] if self.any_source_out else ()
         gov = self.governor
-        if gov.fixed:
+        if gov.idle:
             res = iter(self._step(*self.arenas, *ws, *self.consts, *args))
         else:
             gov.before()

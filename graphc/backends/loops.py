@@ -363,6 +363,7 @@ class _Gen:
         if fused is not None:
             upd, alpha = fused
             s(f"{gemm}({a}, {b}, {self.out(upd)}, {alpha}, {literal(1, n.dtype)})  # {describe(upd)}, in place")
+            self.parallel = False  # no loops left to run in parallel
             return True
         o = self.out(n)
         if batch == 0:

@@ -57,6 +57,7 @@ class Governor:
         self.max = threads or available()
         self.blas, self.parallel = blas, parallel
         self.fixed = threads is not None or self.max == 1 or not (blas or parallel)
+        self.idle = not (blas or parallel)  # nothing to set: skip even the bookkeeping
         self.mode = self.max
         self.recent = {self.max: deque(maxlen=5), 1: deque(maxlen=5)}
         self.best = {self.max: float("inf"), 1: float("inf")}
@@ -71,7 +72,7 @@ class Governor:
             self.mode = 1 if self.mode == self.max else self.max
         if self.blas:
             set_blas_threads(self.mode)
-        if self.parallel and self.mode != self.max:
+        if self.parallel and self.mode < numba.config.NUMBA_NUM_THREADS:
             # numba's thread count is OpenMP's, which other libraries (torch) share: restore it
             self._numba_prev = numba.get_num_threads()
             numba.set_num_threads(self.mode)
