@@ -85,6 +85,11 @@ class _Gen:
         return self.arg[v.id]
 
     def out(self, n: Node) -> str:
+        p = self.inplace.get(n.id)
+        if p is not None:
+            # An in-place update writes through the same argument it reads the param from:
+            # LLVM then sees one pointer, not two that may overlap, and still vectorizes.
+            return self.array(p)
         if ("o", n.id) not in self.arg:
             self.arg[("o", n.id)] = f"o{len(self.code.writes)}"
             self.code.writes.append(n)
