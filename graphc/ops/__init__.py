@@ -6,8 +6,9 @@ import functools
 
 from ..errors import GraphcError, fmt_site, user_site
 from ..ir import Node
-from . import elementwise, index, linalg, nn, random, reduce  # noqa: F401 - each registers its ops
+from . import conv, elementwise, index, linalg, nn, random, reduce  # noqa: F401 - each registers its ops
 from . import shape as _shape_ops  # noqa: F401
+from .conv import avg_pool2d, conv2d, max_pool2d, pad2d
 from .elementwise import (
     abs,
     cast,
@@ -35,9 +36,9 @@ from .reduce import max, mean, min, sum, sum_to
 from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squeeze, swapaxes, transpose
 
 __all__ = [
-    "abs", "broadcast_to", "cast", "concatenate", "exp", "expand_dims", "log", "log1p", "log_softmax",
-    "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum", "mse", "one_hot", "pick", "random_uniform",
-    "relu", "reshape",
+    "abs", "avg_pool2d", "broadcast_to", "cast", "concatenate", "conv2d", "exp", "expand_dims", "log", "log1p", "log_softmax",
+    "logsumexp", "matmul", "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse", "one_hot", "pad2d", "pick",
+    "random_uniform", "relu", "reshape",
     "sigmoid", "sign", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze",
     "stop_gradient", "sum", "sum_to", "swapaxes", "take", "tanh", "transpose", "where",
 ]

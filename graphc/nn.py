@@ -1,0 +1,353 @@
+"""Layers: small objects that own their params and build graph nodes when called.
+
+Every layer is called as ``layer(x, train=False)``. ``train`` only changes what
+``Dropout`` builds, so a model gives two graphs: ``model(x, train=True)`` for the
+training step and ``model(x)`` for evaluation. Dropout draws its mask inside the graph
+(``gc.random_uniform``) from an integer key param; the training step must advance the
+key, and ``gc.optim`` optimizers' ``updates(loss)`` do so (``state_updates`` finds the
+keys of any graph, for steps built without an optimizer).
+
+>>> model = gc.nn.Sequential(gc.nn.Linear(64, 128, rng=0), gc.relu, gc.nn.Dropout(0.1), gc.nn.Linear(128, 10, rng=1))
+>>> loss = gc.softmax_cross_entropy(model(x, train=True), y)
+>>> step = gc.function([x, y], loss, updates=gc.optim.Adam(model, lr=1e-3).updates(loss), target="cpu")
+>>> predict = gc.function([x], model(x), target="cpu")
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import init as ginit
+from . import ops
+from .errors import ShapeError
+from .graph import toposort
+from .ir import Node, as_node, param
+from .shapes import fmt_shape
+
+_counters: dict[str, itertools.count] = {}
+
+
+def _auto_name(kind: str) -> str:
+    """linear0, linear1, ...: param names say which layer they belong to."""
+    return f"{kind}{next(_counters.setdefault(kind, itertools.count()))}"
+
+
+class Module:
+    """A layer: its params are its attributes that are params, and those of its sub-modules."""
+
+    name: str = ""
+
+    def _param(self, what: str, value: np.ndarray) -> Node:
+        return param(f"{self.name}.{what}", value)
+
+    def _children(self) -> Iterable:
+        for v in vars(self).values():
+            yield from (v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else (v,))
+
+    def _all_params(self) -> list[Node]:
+        out: dict[int, Node] = {}
+        for v in self._children():
+            if isinstance(v, Node) and v.op.name == "param":
+                out.setdefault(v.id, v)
+            elif isinstance(v, Module):
+                for p in v._all_params():
+                    out.setdefault(p.id, p)
+        return list(out.values())
+
+    def params(self) -> list[Node]:
+        """Trainable (float) params, in construction order."""
+        return [p for p in self._all_params() if p.dtype.kind == "f"]
+
+    def state(self) -> list[Node]:
+        """Integer params: dropout keys and attention masks."""
+        return [p for p in self._all_params() if p.dtype.kind != "f"]
+
+    def __call__(self, x, train: bool = False) -> Node:
+        raise NotImplementedError
+
+
+def _apply(layer, x, train: bool):
+    return layer(x, train=train) if isinstance(layer, Module) else layer(x)
+
+
+class Sequential(Module):
+    """Layers applied in order; plain functions (``gc.relu``) are allowed as layers."""
+
+    def __init__(self, *layers: Module | Callable):
+        self.name, self.layers = _auto_name("seq"), list(layers)
+
+    def __call__(self, x, train: bool = False) -> Node:
+        for layer in self.layers:
+            x = _apply(layer, x, train)
+        return x
+
+
+class Residual(Module):
+    """x + block(x): gradients reach early layers through the identity path."""
+
+    def __init__(self, block: Module | Callable):
+        self.name, self.block = _auto_name("residual"), block
+
+    def __call__(self, x, train: bool = False) -> Node:
+        return x + _apply(self.block, x, train)
+
+
+class Linear(Module):
+    """y = x @ W + b over the last axis of x; W is (n_in, n_out), Glorot-uniform by default."""
+
+    def __init__(self, n_in: int, n_out: int, bias: bool = True, init=ginit.glorot_uniform, rng=None, name: str | None = None):
+        self.name = name or _auto_name("linear")
+        self.W = self._param("W", init((n_in, n_out), rng=rng))
+        self.b = self._param("b", ginit.zeros(n_out)) if bias else None
+
+    def __call__(self, x, train: bool = False) -> Node:
+        x = as_node(x)
+        # leading axes flattened: one BLAS call, and dW is one matmul rather than a batch of them
+        y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])) if x.ndim > 2 else x, self.W)
+        y = y + self.b if self.b is not None else y
+        return ops.reshape(y, x.shape[:-1] + (y.shape[-1],)) if x.ndim > 2 else y
+
+
+class Conv2D(Module):
+    """2-D convolution over NCHW images (``gc.conv2d``); filters (OUT, C, KH, KW), He-uniform."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int | tuple = 3, stride: int | tuple = 1, padding: int | tuple = 0,
+                 bias: bool = True, init=ginit.he_uniform, rng=None, name: str | None = None):
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        self.name, self.stride, self.padding = name or _auto_name("conv"), stride, padding
+        self.W = self._param("W", init((out_ch, in_ch, kh, kw), rng=rng))
+        self.b = self._param("b", ginit.zeros(out_ch)) if bias else None
+
+    def __call__(self, x, train: bool = False) -> Node:
+        return ops.conv2d(x, self.W, self.b, self.stride, self.padding)
+
+
+class MaxPool2D(Module):
+    """``gc.max_pool2d`` over NCHW images; ``stride`` defaults to ``kernel``."""
+
+    def __init__(self, kernel: int | tuple = 2, stride: int | tuple | None = None):
+        self.name, self.kernel, self.stride = _auto_name("maxpool"), kernel, stride
+
+    def __call__(self, x, train: bool = False) -> Node:
+        return ops.max_pool2d(x, self.kernel, self.stride)
+
+
+class AvgPool2D(MaxPool2D):
+    """``gc.avg_pool2d`` over NCHW images; ``stride`` defaults to ``kernel``."""
+
+    def __call__(self, x, train: bool = False) -> Node:
+        return ops.avg_pool2d(x, self.kernel, self.stride)
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod(...))."""
+
+    def __init__(self):
+        self.name = _auto_name("flatten")
+
+    def __call__(self, x, train: bool = False) -> Node:
+        return ops.reshape(x, (x.shape[0], -1))
+
+
+class Embedding(Module):
+    """Rows of a (num, dim) table for integer ids of any shape: (...,) -> (..., dim)."""
+
+    def __init__(self, num: int, dim: int, std: float = 1.0, rng=None, name: str | None = None):
+        self.name = name or _auto_name("embedding")
+        self.E = self._param("E", ginit.normal((num, dim), std, rng=rng))
+
+    def __call__(self, ids, train: bool = False) -> Node:
+        return ops.take(self.E, ids)
+
+
+class LayerNorm(Module):
+    """Normalize the last axis to zero mean and unit variance, then scale and shift."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, name: str | None = None):
+        self.name, self.eps = name or _auto_name("layernorm"), eps
+        self.gamma, self.beta = self._param("gamma", ginit.ones(dim)), self._param("beta", ginit.zeros(dim))
+
+    def __call__(self, x, train: bool = False) -> Node:
+        d = x - ops.mean(x, axis=-1, keepdims=True)
+        var = ops.mean(d * d, axis=-1, keepdims=True)
+        return d / ops.sqrt(var + self.eps) * self.gamma + self.beta
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` in training and scale the rest by 1/(1-p);
+    the identity in evaluation. The mask is a pure function of the key param (``seed`` at
+    first, advanced by each step), the layer's name and the call, so a run is reproducible
+    from its seed. Automatic names count the layers made so far in the process: name the
+    layer to get the same masks from a model built twice in one process.
+
+    >>> drop = gc.nn.Dropout(0.1, seed=0, name="drop1"); h = drop(h, train=True)
+    """
+
+    def __init__(self, p: float = 0.5, seed: int = 0, name: str | None = None):
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability {p} must be in [0, 1)")
+        self.name, self.p, self.calls = name or _auto_name("dropout"), float(p), 0
+        self.key = self._param("key", np.int64(seed))
+        self._salt = zlib.crc32(self.name.encode())
+
+    def __call__(self, x, train: bool = False) -> Node:
+        x = as_node(x)
+        if not train or self.p == 0:
+            return x
+        # a layer called twice in one graph (an unrolled loop) draws new numbers each time
+        u = ops.random_uniform(self.key, x.shape, salt=self._salt + 7919 * self.calls, dtype=x.dtype)
+        self.calls += 1
+        return ops.where(u >= self.p, x * (1.0 / (1.0 - self.p)), 0.0)
+
+
+def state_updates(roots: Node | Sequence[Node]) -> list[tuple[Node, Node]]:
+    """(key, key + 1) for every integer param that keys random numbers in the graph of
+    ``roots``, so each step draws new dropout masks.
+
+    >>> step = gc.function([x], out, updates=gc.nn.state_updates(out))
+    """
+    roots = [roots] if isinstance(roots, Node) else list(roots)
+    keys: dict[int, Node] = {}
+    for n in toposort(roots):
+        if n.op.name == "random_uniform" and n.inputs[0].op.name == "param":
+            keys.setdefault(n.inputs[0].id, n.inputs[0])
+    return [(k, k + 1) for k in keys.values()]
+
+
+class _Recurrent(Module):
+    """Unrolled over time: ``xs`` is a list of T inputs (N, n_in), or one (N, T, n_in) node with
+    a static T; returns all states (N, T, H). Without ``h0`` the state starts at zero, and
+    the first step skips ``h @ U``. With ``n_in=None`` the inputs are already projected to
+    ``gates * hidden`` (e.g. by an Embedding of that width), and the layer has no W, b.
+
+    A list is cheaper to differentiate: the adjoint of ``xs[:, t]`` is a zero-filled
+    (N, T, n_in) array per step, so a 3-D input costs O(T²) in the backward pass."""
+
+    gates = 1
+
+    def __init__(self, n_in: int | None, hidden: int, rng=None, name: str | None = None, kind: str = "rnn"):
+        rng = np.random.default_rng(rng)
+        self.name, self.hidden, self.n_in = name or _auto_name(kind), hidden, n_in
+        # orthogonal recurrent weights keep h's scale over many steps
+        U = np.concatenate([np.linalg.qr(rng.standard_normal((hidden, hidden)))[0] for _ in range(self.gates)], 1)
+        self.U = self._param("U", U.astype(np.float32))
+        if n_in is not None:
+            self.W = self._param("W", ginit.glorot_uniform((n_in, self.gates * hidden), rng=rng))
+            self.b = self._param("b", ginit.zeros(self.gates * hidden))
+
+    def __call__(self, xs, h0=None, train: bool = False) -> Node:
+        if isinstance(xs, (list, tuple)):
+            steps = [as_node(x) for x in xs]
+        else:
+            xs = as_node(xs)
+            if xs.ndim != 3 or not isinstance(xs.shape[1], int):
+                raise ShapeError(f"{self.name}: inputs {fmt_shape(xs.shape)} must be (N, T, n_in) with a static T")
+            steps = [xs[:, t] for t in range(xs.shape[1])]
+        h = None if h0 is None else as_node(h0)
+        hs = []
+        for x in steps:
+            h = self.step(x if self.n_in is None else x @ self.W + self.b, h)
+            hs.append(ops.expand_dims(h, 1))
+        return ops.concatenate(hs, axis=1)  # its adjoint is slices: views, no copies
+
+    def step(self, xp: Node, h: Node | None) -> Node:
+        """The next state from the projected input ``xp`` and the state ``h`` (None: zero)."""
+        raise NotImplementedError
+
+
+class RNN(_Recurrent):
+    """Elman cell: h' = tanh(x W + b + h U).
+
+    >>> hs = gc.nn.RNN(16, 64, rng=0)(x)   # x: (N, T, 16) -> (N, T, 64)
+    """
+
+    def __init__(self, n_in: int | None, hidden: int, rng=None, name: str | None = None):
+        super().__init__(n_in, hidden, rng, name, "rnn")
+
+    def step(self, xp: Node, h: Node | None) -> Node:
+        return ops.tanh(xp if h is None else xp + h @ self.U)
+
+
+class GRU(_Recurrent):
+    """Gated recurrent unit, with PyTorch's gate order (reset, update, new) and equations:
+    r, z = σ(x W_r + h U_r + b), σ(x W_z + h U_z + b); n = tanh(x W_n + b_n + r * (h U_n));
+    h' = (1 - z) * n + z * h.
+
+    >>> hs = gc.nn.GRU(16, 64, rng=0)(x)
+    """
+
+    gates = 3
+
+    def __init__(self, n_in: int | None, hidden: int, rng=None, name: str | None = None):
+        super().__init__(n_in, hidden, rng, name, "gru")
+
+    def step(self, xp: Node, h: Node | None) -> Node:
+        H = self.hidden
+        if h is None:
+            z, n = ops.sigmoid(xp[:, H:2 * H]), ops.tanh(xp[:, 2 * H:])
+            return (1.0 - z) * n
+        hu = h @ self.U
+        r = ops.sigmoid(xp[:, :H] + hu[:, :H])
+        z = ops.sigmoid(xp[:, H:2 * H] + hu[:, H:2 * H])
+        n = ops.tanh(xp[:, 2 * H:] + r * hu[:, 2 * H:])
+        return (1.0 - z) * n + z * h
+
+
+class MultiHeadAttention(Module):
+    """Self-attention over x (N, T, D) with ``heads`` heads; ``causal`` masks the future.
+
+    >>> y = gc.nn.MultiHeadAttention(64, heads=4, rng=0)(x)   # (N, T, 64) -> (N, T, 64)
+    """
+
+    def __init__(self, dim: int, heads: int, causal: bool = True, rng=None, name: str | None = None):
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by {heads} heads")
+        rng = np.random.default_rng(rng)
+        self.name, self.heads, self.causal = name or _auto_name("attention"), heads, causal
+        self.qkv = Linear(dim, 3 * dim, rng=rng, name=f"{self.name}.qkv")
+        self.out = Linear(dim, dim, rng=rng, name=f"{self.name}.out")
+        self._masks: dict[int, Node] = {}
+
+    def _mask(self, t: int) -> Node:
+        """The (t, t) lower-triangular mask, as an int8 state param rather than a constant: the
+        CPU backend compiles a step with an array constant twice (see tests/test_nn.py)."""
+        if t not in self._masks:
+            self._masks[t] = self._param(f"mask{t}", np.tril(np.ones((t, t), np.int8)))
+        return self._masks[t]
+
+    def __call__(self, x, train: bool = False) -> Node:
+        n, t, d = x.shape
+        h, dh = self.heads, d // self.heads
+        qkv = ops.transpose(ops.reshape(self.qkv(x), (n, t, 3, h, dh)), (2, 0, 3, 1, 4))  # (3, N, H, T, dh)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = (q @ k.mT) * (1.0 / math.sqrt(dh))  # (N, H, T, T)
+        if self.causal:  # position i attends to j <= i
+            scores = ops.where(self._mask(t) > 0, scores, -1e9)
+        y = ops.softmax(scores, -1) @ v  # (N, H, T, dh)
+        return self.out(ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (n, t, d)))
+
+
+class TransformerBlock(Module):
+    """Pre-norm residual block: x + attn(ln(x)), then x + mlp(ln(x)), with dropout on each branch."""
+
+    def __init__(self, dim: int, heads: int, hidden: int | None = None, dropout: float = 0.0, rng=None,
+                 name: str | None = None):
+        rng = np.random.default_rng(rng)
+        self.name = name or _auto_name("block")
+        self.ln1, self.ln2 = LayerNorm(dim, name=f"{self.name}.ln1"), LayerNorm(dim, name=f"{self.name}.ln2")
+        self.attn = MultiHeadAttention(dim, heads, rng=rng, name=f"{self.name}.attn")
+        self.mlp = Sequential(Linear(dim, hidden or 4 * dim, init=ginit.he_uniform, rng=rng, name=f"{self.name}.fc1"),
+                              ops.relu, Linear(hidden or 4 * dim, dim, rng=rng, name=f"{self.name}.fc2"))
+        self.drop = Dropout(dropout, seed=int(rng.integers(2**31)), name=f"{self.name}.drop")
+
+    def __call__(self, x, train: bool = False) -> Node:
+        x = x + self.drop(self.attn(self.ln1(x), train), train)
+        return x + self.drop(self.mlp(self.ln2(x), train), train)
+
+
+__all__ = ["Module", "Sequential", "Residual", "Linear", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Embedding",
+           "LayerNorm", "Dropout", "RNN", "GRU", "MultiHeadAttention", "TransformerBlock", "state_updates"]
