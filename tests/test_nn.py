@@ -244,21 +244,17 @@ def test_init_functions():
     assert gc.init.zeros(3).dtype == np.float32 and gc.init.ones((2, 2), "float64").sum() == 4
 
 
-# --- compiler bugs the layers work around ------------------------------------------------------
-@pytest.mark.xfail(strict=True, raises=Exception, reason="compiler bug: the CPU backend passes a broadcast constant "
-                   "operand of matmul to gemm as a 0-d array (nn.RNN/GRU start from h0=None to avoid h0 @ U)")
-def test_matmul_of_a_broadcast_constant():
+# --- compiler bugs found while writing the layers (fixed) ----------------------------------------
+@pytest.mark.parametrize("debug", [True, False])
+def test_matmul_of_a_broadcast_constant(debug):
     x = gc.input("x", ("b", 4))
     U = gc.param("U", np.ones((4, 3), np.float32))
     h0 = gc.broadcast_to(gc.constant(np.float32(0.5)), ("b", 4))
     out = h0 @ U + x @ U
-    np.testing.assert_array_equal(gc.function([x], out, target="cpu", debug=True)(np.ones((2, 4), np.float32)),
+    np.testing.assert_array_equal(gc.function([x], out, target="cpu", debug=debug)(np.ones((2, 4), np.float32)),
                                   np.full((2, 3), 6.0))
 
 
-@pytest.mark.xfail(strict=True, reason="compiler bug: constants are read-only arrays but the step's declared signature "
-                   "takes writable ones, so a step with an array constant compiles twice (nn.MultiHeadAttention keeps "
-                   "its causal mask in an int8 param instead)")
 def test_array_constant_compiles_once(tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
     x = gc.input("x", ("b", 4))

@@ -261,7 +261,8 @@ class CpuProgram:
         t0 = time.perf_counter()
         self.program, self.inputs, self.debug = program, inputs, debug
         self.source, w = generate(program, inputs)
-        self.params, self.consts = w.params, [c.attrs["value"] for c in w.consts]
+        # writable copies: read-only arrays type differently in Numba and would compile step twice
+        self.params, self.consts = w.params, [np.array(c.attrs["value"]) for c in w.consts]
         self.param_dtypes, self.ws_dtypes = w.param_dtypes, w.ws_dtypes
         if debug:
             ns: dict = {"njit": _nojit, "prange": range, "__name__": "graphc_debug"}

@@ -359,9 +359,10 @@ class _Gen:
         """Emit the BLAS call(s); True when the kernel's epilogue went into the call too."""
         s = self.src
         batch = n.ndim - 2
-        # gemm reads each operand's layout from its strides: transposed views need no copy
-        a, b = (self.array(peel(v)) for v in n.inputs)
-        A, B = peel(n.inputs[0]), peel(n.inputs[1])
+        # gemm reads each operand's layout from its strides: transposed views need no copy (a
+        # broadcast operand stays a broadcast view, which gemm copies: BLAS needs real strides)
+        A, B = (v.inputs[0] if v.op.name == "stop_gradient" else v for v in n.inputs)
+        a, b = self.array(A), self.array(B)
         gemm = "gemm"
         s(f"# {describe(n)}: {A.shape} @ {B.shape}")
         fused = self.axpy_update(n) if batch == 0 else None
