@@ -97,6 +97,13 @@ def infer_reshape(old: Shape, new: tuple) -> Shape:
     return tuple(known)
 
 
+def linear_form(d: Dim) -> Counter:
+    """A size as a linear form {names: coefficient}, e.g. "16*batch" -> {("batch",): 16}, so
+    sums of sizes (buffer offsets) can be added up and printed simply."""
+    coef, names = _factors(d)
+    return Counter({tuple(sorted(names.elements())): coef})
+
+
 def resolve_dim(d: Dim, env: dict) -> int:
     if isinstance(d, int):
         return d

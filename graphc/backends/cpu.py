@@ -21,7 +21,7 @@ from ..graph import toposort
 from ..ir import Node
 from ..passes.fusion import Kernel, base_of
 from ..program import Program
-from ..shapes import resolve, size
+from ..shapes import linear_form, resolve, size
 from . import cpu_math, diskcache
 from .loops import KernelCode, describe, is_loop_kernel, kernel_code, literal
 from .source import Source
@@ -52,19 +52,6 @@ def _dim(d) -> str:
 
 def _shape(shape) -> str:
     return "(" + ", ".join(_dim(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _monomial(d) -> Counter:
-    """A dim as a linear form {names: coefficient}, e.g. 128*batch -> {("batch",): 128}."""
-    if isinstance(d, int):
-        return Counter({(): d})
-    coef, names = 1, []
-    for f in d.split("*"):
-        if f.isdigit():
-            coef *= int(f)
-        else:
-            names.append(f)
-    return Counter({tuple(sorted(names)): coef})
 
 
 def _linear(form: Counter) -> str:
@@ -148,7 +135,7 @@ class _StepWriter:
         for j, (sz, dt) in enumerate(prog.memory.slots):
             start = cursor.get(dt.name, Counter())
             slot_off[j] = start
-            cursor[dt.name] = start + _monomial(sz)
+            cursor[dt.name] = start + linear_form(sz)
         for b in sorted(prog.memory.buffers.values(), key=lambda b: b.node.id):
             n = b.node
             if b.slot < 0:
@@ -157,7 +144,7 @@ class _StepWriter:
                 continue
             off = slot_off[b.slot]
             name = f"BUF__{n.id}"
-            end = off + _monomial(size(n.shape))
+            end = off + linear_form(size(n.shape))
             s(f"{name} = W_{n.dtype.name}[{_linear(off)}:{_linear(end)}].reshape({_shape(n.shape)})")
             self.names[n.id], self.contig[n.id] = name, True
         for k, code in codes:

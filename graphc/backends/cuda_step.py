@@ -11,7 +11,7 @@ from ..graph import toposort
 from ..ir import Node
 from ..passes.fusion import Kernel, base_of
 from ..program import Program
-from ..shapes import size
+from ..shapes import linear_form, size
 from . import cuda_math
 from .cuda_codegen import TPB, after_reduce, copy_code, kernel_code
 from .cuda_writer import KernelCode, numel
@@ -72,19 +72,6 @@ def copy(n, src, dst):
 
 def _ident(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name)
-
-
-def _monomial(d) -> Counter:
-    """A size as a linear form {names: coefficient}, e.g. 16*batch -> {("batch",): 16}."""
-    if isinstance(d, int):
-        return Counter({(): d})
-    coef, names = 1, []
-    for f in d.split("*"):
-        if f.isdigit():
-            coef *= int(f)
-        else:
-            names.append(f)
-    return Counter({tuple(sorted(names)): coef})
 
 
 def _linear(form: Counter) -> str:
@@ -190,13 +177,13 @@ class StepWriter:
             for j, (sz, dt) in enumerate(self.prog.memory.slots):
                 start = cursor.get(dt.name, Counter())
                 slot_off[j] = start
-                cursor[dt.name] = start + _monomial(sz)
+                cursor[dt.name] = start + linear_form(sz)
             names = []
             for b in sorted(self.prog.memory.buffers.values(), key=lambda b: b.node.id):
                 if b.slot < 0:
                     continue
                 n, off = b.node, slot_off[b.slot]
-                end = off + _monomial(size(n.shape))
+                end = off + linear_form(size(n.shape))
                 s(f"b{n.id} = W_{n.dtype.name}[{_linear(off)}:{_linear(end)}]  # {n.op.name} {n.shape}")
                 names.append(f"b{n.id}")
             s(f"return ({''.join(f'{x}, ' for x in names)})")
