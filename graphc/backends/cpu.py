@@ -296,7 +296,7 @@ class CpuProgram:
                 p._param.value = view
 
     def _workspace(self, env: dict) -> list[np.ndarray]:
-        key = tuple(env[d] for d in self._dimnames)
+        key = tuple(map(env.__getitem__, self._dimnames))
         ws = self._workspaces.get(key)
         if ws is None:
             totals = {dt: 0 for dt in self.ws_dtypes}
