@@ -17,10 +17,11 @@ def run(g, steps, cost):
         g.after(cost[g.mode])
 
 
-def test_keeps_all_threads_when_they_are_faster_and_backs_off():
+def test_keeps_all_threads_when_they_are_faster_and_stops_probing():
     g = governor()
     run(g, 200, {2: 0.001, 1: 0.002})
-    assert g.mode == 2 and g.switches == 0 and g.interval > th.FIRST_PROBE * 4
+    assert g.mode == 2 and g.switches == 0 and g.next_probe == float("inf")
+    assert len(g.recent[1]) == th.PROBE_STEPS  # one early look at one thread, then none
 
 
 def test_drops_to_one_thread_under_contention_and_comes_back():

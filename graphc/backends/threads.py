@@ -3,9 +3,9 @@
 On a shared machine a neighbour may keep a core busy. Two BLAS threads then wait on
 each other across a contended core and a step runs tens of times slower (measured: an
 MLP step 6.5 ms alone, 124 ms with a busy neighbour; with one thread, 8 ms). The
-governor times every step and now and then runs a few steps with the other thread
-count, keeping whichever is faster; probes back off exponentially while the choice
-holds, and come early when steps suddenly slow down."""
+governor times every step. It compares both thread counts once early on; while all threads
+win it only looks again when steps suddenly slow down (a probe costs a few slow steps, which
+matters for big steps); while one thread wins it probes back with exponential backoff."""
 from __future__ import annotations
 
 import os
@@ -94,6 +94,8 @@ class Governor:
                 self.interval = min(self.interval * 2, MAX_INTERVAL) if kept else FIRST_PROBE
                 self.switches += not kept
                 self.mode, self.next_probe = pick, self.calls + self.interval
+                if pick == self.max:  # all threads win: look again only when steps slow down
+                    self.next_probe = float("inf")
             return
         self.slow = self.slow + 1 if seconds > SLOW * self.best[m] else 0
         if self.slow >= PROBE_STEPS:  # something changed: look again now
