@@ -79,6 +79,9 @@ class Function:
                 raise GraphcError(f"the graph needs input {n.name!r} ({fmt_site(n.site)}), which is not in the inputs list")
         self.params = [n for n in order if n.op.name == "param"]
         self._index_checks = self._find_index_checks(order)
+        # per input, the axes of fixed size and those that bind a symbolic dim, checked per call
+        self._fixed = {x.id: [(k, d) for k, d in enumerate(x.shape) if isinstance(d, int)] for x in self.inputs}
+        self._named = {x.id: [(k, d) for k, d in enumerate(x.shape) if not isinstance(d, int)] for x in self.inputs}
         self._last_env: dict | None = None
         self._program = self._compile()
 
@@ -162,19 +165,21 @@ class Function:
         for x, a in zip(self.inputs, args):
             if type(a) is not np.ndarray or a.dtype != x.dtype:  # the common case skips all of this
                 a = self._convert(x, a, device_view)
-            if a.ndim != x.ndim:
+            shape = a.shape
+            if len(shape) != x.ndim:
                 raise InputError(f"input {x.name} ({fmt_site(x.site)}): expected {x.ndim}-d shape {fmt_shape(x.shape)}, "
-                                 f"got {a.ndim}-d {fmt_shape(a.shape)}")
-            for axis, (d, actual) in enumerate(zip(x.shape, a.shape)):
-                if isinstance(d, int):
-                    if d != actual:
-                        raise InputError(f"input {x.name} ({fmt_site(x.site)}): axis {axis} has size {actual}, "
-                                         f"expected {d} (shape {fmt_shape(x.shape)})")
-                elif d in env and env[d] != actual:
-                    raise InputError(f"input {x.name} ({fmt_site(x.site)}): dim {d!r} is {actual} here but {env[d]} "
+                                 f"got {a.ndim}-d {fmt_shape(shape)}")
+            for axis, d in self._fixed[x.id]:
+                if shape[axis] != d:
+                    raise InputError(f"input {x.name} ({fmt_site(x.site)}): axis {axis} has size {shape[axis]}, "
+                                     f"expected {d} (shape {fmt_shape(x.shape)})")
+            for axis, d in self._named[x.id]:
+                actual = shape[axis]
+                bound = env.setdefault(d, actual)
+                if bound != actual:
+                    raise InputError(f"input {x.name} ({fmt_site(x.site)}): dim {d!r} is {actual} here but {bound} "
                                      f"in input {who[d]}")
-                else:
-                    env[d], who[d] = actual, x.name
+                who.setdefault(d, x.name)
             feeds.append(a)
         for k, bound, n in self._index_checks:
             a, n_max = feeds[k], resolve_dim(bound, env)
