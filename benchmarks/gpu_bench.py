@@ -22,25 +22,6 @@ import numpy as np
 from . import workloads as W
 
 
-def _torch_cuda_sgd(loss_fn: Callable, params: W.Params, args: tuple, lr: float) -> W.Runner:
-    """workloads._torch_sgd, with params and data on the GPU."""
-    import torch
-
-    tp = {k: torch.tensor(v, device="cuda", requires_grad=True) for k, v in params.items()}
-    dev = tuple(torch.from_numpy(a).cuda() for a in args)
-
-    def step():
-        loss = loss_fn(tp, *dev)
-        loss.backward()
-        with torch.no_grad():
-            for p in tp.values():
-                p.sub_(p.grad, alpha=lr)
-                p.grad = None
-        return loss.detach()
-
-    return W.Runner(step)
-
-
 def _time(step: Callable, sync: Callable, steps: int) -> tuple[float, float]:
     """(first step's seconds, compile included; median seconds per step afterwards)."""
     t = time.perf_counter()
@@ -77,7 +58,7 @@ def bench(name: str, steps: int, torch_ok: bool) -> dict:
     res["device_first"], res["device"] = _time(lambda: dev_f(*feeds), cuda.synchronize, steps)
     if torch_ok:
         import torch
-        W._torch_sgd = _torch_cuda_sgd  # the workloads' torch code, on the GPU
+        W.TORCH_DEVICE = "cuda"  # the workloads' torch code, on the GPU
         tr = wl.build("torch", params, data)
         res["torch_loss"] = W.to_float(tr.step())
         res["torch_first"], res["torch"] = _time(tr.step, torch.cuda.synchronize, steps)

@@ -58,11 +58,14 @@ def _jax_sgd(loss_fn: Callable, params: Params, args: tuple, lr: float) -> Runne
     return Runner(step)
 
 
+TORCH_DEVICE = "cpu"  # gpu_bench sets "cuda": the same torch code, on the GPU
+
+
 def _torch_sgd(loss_fn: Callable, params: Params, args: tuple, lr: float) -> Runner:
     import torch
 
-    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
-    dev = tuple(torch.from_numpy(a) for a in args)
+    tp = {k: torch.tensor(v, device=TORCH_DEVICE, requires_grad=True) for k, v in params.items()}
+    dev = tuple(torch.from_numpy(a).to(TORCH_DEVICE) for a in args)
 
     def step():
         loss = loss_fn(tp, *dev)
