@@ -37,17 +37,6 @@ SHORT_ROW = 64     # reduced sizes up to this use one thread per row
 TILE = 16          # matmul tile: 2 x 16 x 16 x 8 bytes = 4 KB of shared memory at most
 
 
-def after_reduce(k: Kernel) -> set[int]:
-    """Nodes that need a reduction's result: the epilogue."""
-    inside, after = {n.id for n in k.nodes}, set()
-    for n in k.nodes:
-        for i in n.inputs:
-            b = base_of(i)[0]
-            if b.id in inside and (b.op.kind == "reduce" or b.id in after):
-                after.add(n.id)
-    return after
-
-
 def _loop(g: KernelWriter, k: Kernel) -> None:
     s = g.s
     s(f"n = {g.n(k.domain)}")
@@ -65,7 +54,7 @@ def _reduce(g: KernelWriter, k: Kernel) -> None:
     kept = [a for a in range(r) if a not in k.raxes]
     red = list(k.raxes)
     reds = [n for n in k.nodes if n.op.kind == "reduce"]
-    after = after_reduce(k)
+    after = k.after_reduce()
     nred = prod(D[a] for a in red) if all(isinstance(D[a], int) for a in red) else None
     if nred is not None and nred <= SHORT_ROW:
         mode = "rows"
@@ -172,15 +161,7 @@ def _tree(g: KernelWriter, reds: list[Node]) -> None:
 def _epilogue(g: KernelWriter, k: Kernel, after: set[int]) -> None:
     """Ops on reduced values, per kept index; the values they need from before the
     reduction vary over kept axes only, and are computed again here."""
-    need, stack = set(), [n for n in k.nodes if n.id in after]
-    while stack:
-        m = stack.pop()
-        for i in m.inputs:
-            b = base_of(i)[0]
-            if b.id in g.inside and b.id not in need:
-                need.add(b.id)
-                if b.op.kind != "reduce":
-                    stack.append(b)
+    need = k.needed_by([n for n in k.nodes if n.id in after])
     red = set(k.raxes)
     saved = g.ax
     g.ax = ["0" if a in red else x for a, x in enumerate(g.ax)]  # reduced axes have size 1 here
@@ -301,4 +282,4 @@ def copy_code(v: Node, name: str, why: str) -> KernelCode:
     return g.finish(f"{why}: {v.op.name} {v.shape}", [])
 
 
-__all__ = ["kernel_code", "copy_code", "after_reduce", "TPB"]
+__all__ = ["kernel_code", "copy_code", "TPB"]

@@ -13,7 +13,7 @@ from ..passes.fusion import Kernel, base_of
 from ..program import Program
 from ..shapes import linear_form, size
 from . import cuda_math
-from .cuda_codegen import TPB, after_reduce, copy_code, kernel_code
+from .cuda_codegen import TPB, copy_code, kernel_code
 from .cuda_writer import KernelCode, numel
 from .source import Source
 
@@ -89,7 +89,7 @@ def _contiguous(v: Node) -> bool:
 def _owned(e: Node, k: Kernel) -> bool:
     """Is each element of ``e`` computed by one thread only? Loops and matmuls give each thread
     one element of the domain; the epilogue of a reduction, one kept index."""
-    after = k.kind == "reduce" and e.id in after_reduce(k)
+    after = k.kind == "reduce" and e.id in k.after_reduce()
     axes = [a for a in range(len(k.domain)) if not (after and a in k.raxes)]
     lead = len(k.domain) - e.ndim
     return all(k.domain[a] == 1 or (a >= lead and e.shape[a - lead] == k.domain[a]) for a in axes)

@@ -211,7 +211,7 @@ class _Gen:
     def loops(self) -> None:
         k, s, r = self.k, self.src, self.r
         raxes = k.raxes
-        after = self.after_reduce()
+        after = k.after_reduce()
         main = [n for n in k.nodes if n.id not in after]
         epi = [n for n in k.nodes if n.id in after]
         val: dict = {}
@@ -288,15 +288,6 @@ class _Gen:
         while opened:
             opened.pop().__exit__(None, None, None)
 
-    def after_reduce(self) -> set:
-        after: set = set()
-        for n in self.k.nodes:
-            for i in n.inputs:
-                b = base_of(i)[0]
-                if b.id in self.inside and (b.op.kind == "reduce" or b.id in after):
-                    after.add(n.id)
-        return after
-
     def init_accumulators(self, reds, kept_after, scalar_acc) -> None:
         for n in reds:
             init = 0 if n.op.name == "sum" else (-np.inf if n.dtype.kind == "f" else np.iinfo(n.dtype).min)
@@ -321,17 +312,7 @@ class _Gen:
             opened[-1].__enter__()
         acc_idx = ", ".join(f"i{a}" for a in kept_after)
         ev = dict(val) if not kept_after else {}
-        need = set()
-        for n in epi:
-            stack = [n]
-            while stack:
-                m = stack.pop()
-                for i in m.inputs:
-                    b = base_of(i)[0]
-                    if b.id in self.inside and b.id not in need:
-                        need.add(b.id)
-                        if b.op.kind != "reduce":  # the accumulator holds what came before
-                            stack.append(b)
+        need = self.k.needed_by(epi)
         for n in self.k.nodes:
             if n.op.kind == "reduce":
                 self.emit_node(n, ev, acc_idx)

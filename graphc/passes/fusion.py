@@ -90,6 +90,30 @@ class Kernel:
                 total += prod(resolve(n.shape, env)) * (10 if n.op.name in TRANSCENDENTAL else 1)
         return total
 
+    def after_reduce(self) -> set[int]:
+        """Ids of the nodes that need a reduction's result: the epilogue."""
+        inside, after = {n.id for n in self.nodes}, set()
+        for n in self.nodes:
+            for i in n.inputs:
+                b = base_of(i)[0]
+                if b.id in inside and (b.op.kind == "reduce" or b.id in after):
+                    after.add(n.id)
+        return after
+
+    def needed_by(self, nodes: list[Node]) -> set[int]:
+        """Ids of this kernel's nodes that ``nodes`` read, transitively, stopping at reductions
+        (an accumulator holds what came before it): what an epilogue computes again."""
+        inside, need, stack = {n.id for n in self.nodes}, set(), list(nodes)
+        while stack:
+            m = stack.pop()
+            for i in m.inputs:
+                b = base_of(i)[0]
+                if b.id in inside and b.id not in need:
+                    need.add(b.id)
+                    if b.op.kind != "reduce":
+                        stack.append(b)
+        return need
+
     def bytes(self, env: dict) -> int:
         seen, total = set(), 0
         for b in [base_of(v)[0] for v in self.inputs] + self.outputs:

@@ -45,18 +45,7 @@ def _same_index(k: Kernel, p: Node, e: Node) -> bool:
     write is an epilogue after the loops of a reduction that starts at the first axis."""
     if p.ndim == 0 or (1,) * (len(k.domain) - p.ndim) + tuple(p.shape) == tuple(k.domain):
         return True
-    return bool(k.raxes) and min(k.raxes) == 0 and _after_reduction(k, e)
-
-
-def _after_reduction(k: Kernel, e: Node) -> bool:
-    inside = {n.id: n for n in k.nodes}
-    stack = [e]
-    while stack:
-        n = stack.pop()
-        if n.op.kind == "reduce":
-            return True
-        stack += [inside[b.id] for b in (base_of(i)[0] for i in n.inputs) if b.id in inside]
-    return False
+    return bool(k.raxes) and min(k.raxes) == 0 and (e.op.kind == "reduce" or e.id in k.after_reduce())
 
 
 def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[Node, Node]]) -> MemoryPlan:
