@@ -16,7 +16,6 @@ import numba
 import numpy as np
 
 from .. import __version__
-from ..errors import fmt_site
 from ..graph import toposort
 from ..ir import Node
 from ..passes.fusion import Kernel, base_of
@@ -387,4 +386,4 @@ class CpuProgram:
         return f"{state} ({where}); build + compile {self.compile_seconds:.2f} s\nthreads: {self.governor.describe()}"
 
 
-__all__ = ["CpuProgram", "generate", "base_of", "fmt_site"]
+__all__ = ["CpuProgram", "generate"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import fmt_site
 from ..ir import Node
-from ..passes.fusion import Kernel, base_of, node_class
+from ..passes.fusion import Kernel, base_of
 from .source import Source
 
 CHUNK = 4096  # float32 sums add blocks of this many terms: error ~(CHUNK + n/CHUNK) ulp, not n
@@ -448,4 +448,4 @@ def is_loop_kernel(k: Kernel) -> bool:
     return k.kind in ("loop", "reduce", "matmul")
 
 
-__all__ = ["KernelCode", "kernel_code", "literal", "peel", "node_class", "is_loop_kernel", "CHUNK"]
+__all__ = ["KernelCode", "kernel_code", "literal", "peel", "is_loop_kernel", "CHUNK"]
