@@ -1,13 +1,19 @@
-"""Whole-graph views: topological order, networkx export, text and DOT rendering."""
+"""Whole-graph views: topological order, structural key, networkx export, text and DOT rendering."""
 from __future__ import annotations
 
+import hashlib
+import heapq
 from collections.abc import Iterable
+from graphlib import TopologicalSorter
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 
 from .errors import fmt_site
-from .ir import Node
+from .ir import Node, attrs_key
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def _as_list(nodes) -> list[Node]:
@@ -17,6 +23,8 @@ def _as_list(nodes) -> list[Node]:
 def to_networkx(nodes: Node | Iterable[Node]) -> nx.DiGraph:
     """The DAG reachable from ``nodes``, keyed by node id. Node attributes:
     ``node`` (the Node), ``op``, ``shape``, ``dtype``, ``phase``, ``site``; edges carry ``shape``."""
+    import networkx as nx  # imported when asked for: it costs ~80 ms
+
     G = nx.DiGraph()
     stack, seen = _as_list(nodes), set()
     while stack:
@@ -34,17 +42,40 @@ def to_networkx(nodes: Node | Iterable[Node]) -> nx.DiGraph:
 
 def toposort(nodes: Node | Iterable[Node]) -> list[Node]:
     """Every node reachable from ``nodes``, inputs before users; ties broken by creation order."""
-    G, by_id = nx.DiGraph(), {}
+    by_id: dict[int, Node] = {}
     stack = _as_list(nodes)
     while stack:
         n = stack.pop()
-        if n.id in by_id:
-            continue
-        by_id[n.id] = n
-        G.add_node(n.id)
-        G.add_edges_from((i.id, n.id) for i in n.inputs)
-        stack.extend(n.inputs)
-    return [by_id[i] for i in nx.lexicographical_topological_sort(G)]
+        if n.id not in by_id:
+            by_id[n.id] = n
+            stack.extend(n.inputs)
+    ts = TopologicalSorter({i: [x.id for x in n.inputs] for i, n in by_id.items()})
+    ts.prepare()
+    ready: list[int] = []
+    out = []
+    while ts.is_active():
+        for i in ts.get_ready():
+            heapq.heappush(ready, i)
+        i = heapq.heappop(ready)
+        out.append(by_id[i])
+        ts.done(i)
+    return out
+
+
+def structure_key(roots: list[Node], inputs: list[Node], params: list[Node], extra: str = "") -> str:
+    """A hash of the graph's structure, the same in every process that builds the same graph:
+    ops, attributes, shapes, dtypes, constants' values, inputs and params by position and name,
+    and source lines (generated code cites them). Params' values do not count."""
+    order = toposort(roots)
+    pos = {n.id: k for k, n in enumerate(order)}
+    where = {x.id: ("in", k) for k, x in enumerate(inputs)} | {p.id: ("param", k) for k, p in enumerate(params)}
+    h = hashlib.sha256(extra.encode())
+    for n in order:
+        site = fmt_site(n.site)
+        h.update(repr((n.op.name, [pos[i.id] for i in n.inputs], attrs_key(n.attrs), n.shape, n.dtype.str, n.name,
+                       where.get(n.id), site, n.origin is not None)).encode())
+    h.update(repr([pos[r.id] for r in roots]).encode())
+    return h.hexdigest()[:32]
 
 
 def _short(dtype: np.dtype) -> str:

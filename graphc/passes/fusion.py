@@ -15,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
-import networkx as nx
-
 from ..errors import ShapeError
 from ..graph import toposort
 from ..ir import Node
@@ -212,6 +210,7 @@ class Schedule:
 def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
     """Group the compute nodes reachable from ``roots`` into kernels, in execution order
     (one kernel per op when ``fuse`` is False)."""
+    import networkx as nx  # here, not at import: a warm start never fuses
     order = toposort(roots)
     groups: dict[int, _Group] = {}
     owner: dict[int, int] = {}
