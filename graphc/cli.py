@@ -172,16 +172,18 @@ def cmd_cache(args: argparse.Namespace) -> int:
     info = diskcache.info()
     if args.action == "clear":
         n = diskcache.clear()
-        print(f"removed {n} generated module{'' if n == 1 else 's'} ({_size(info['bytes'])}) from {info['dir']}")
+        print(f"removed {n} cache entr{'y' if n == 1 else 'ies'} ({_size(info['bytes'])}) from {info['dir']}")
         return 0
     if args.json:
         print(json.dumps(info))
         return 0
     how = "$GRAPHC_CACHE_DIR" if os.environ.get("GRAPHC_CACHE_DIR") else "the user cache dir; set GRAPHC_CACHE_DIR to move it"
-    print(f"graphc cache: {info['dir']}  ({how})\n"
-          f"  {info['modules']} generated step module{'' if info['modules'] == 1 else 's'}, {_size(info['bytes'])} "
-          "with Numba's compiled code\n"
-          "  one module per compiled step (target=\"cpu\"/\"cuda\"); a hit skips code generation and Numba compilation.\n"
+    plural = lambda n, w: f"{n} {w}{'' if n == 1 else 's'}"
+    print(f"graphc cache: {info['dir']}  ({how}), {_size(info['bytes'])}\n"
+          f"  cpu: {plural(info['steps'], 'compiled step')}, {plural(info['kernels'], 'library kernel')} "
+          "(compiled once per kernel structure, shared by every model)\n"
+          f"  cuda: {plural(info['modules'], 'generated step module')} with Numba's compiled code\n"
+          "  a hit skips code generation and compilation.\n"
           "  `graphc cache clear` empties it; steps then compile again on their first call.")
     return 0
 
@@ -248,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--renderer", choices=("auto", "dot", "matplotlib"), default="auto",
                    help="auto: Graphviz's dot when on PATH, else networkx + matplotlib")
     c = sub.add_parser("cache", help="where compiled steps are cached, and how much; clear it",
-                       description="graphc caches generated step modules and Numba's compiled code on disk.")
+                       description="graphc caches compiled steps and kernels on disk.")
     c.add_argument("action", choices=("info", "clear"))
     c.add_argument("--json", action="store_true", help="info as JSON")
     d = sub.add_parser("demo", help="train an MLP on scikit-learn's digits (examples/mlp_digits.py)",

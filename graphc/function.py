@@ -4,6 +4,7 @@ Every argument is checked in Python before any backend runs (compiled code does 
 bounds checks), and param updates are committed only after the whole step succeeded."""
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ from .errors import DTypeError, GraphcError, InputError, ShapeError, fmt_site
 from .graph import toposort
 from .ir import Node, as_node
 from .ops import broadcast_to
-from .program import build_program
+from .program import Program, build_program
 from .shapes import broadcast, fmt_shape, resolve_dim
 
 TARGETS = ("numpy", "cpu", "cuda")
@@ -52,9 +53,11 @@ class Function:
     """A compiled step. Call it with arrays for its inputs, in order."""
 
     def __init__(self, inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True,
-                 debug: bool = False, threads: int | None = None, device_arrays: bool = False):
+                 debug: bool = False, threads: int | None = None, device_arrays: bool = False, compile: str = "sync"):
         if target not in TARGETS:
             raise GraphcError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        if compile not in ("sync", "background"):
+            raise GraphcError(f"compile={compile!r}: choose 'sync' (the default) or 'background'")
         self.target, self.optimize, self.debug, self.threads = target, optimize, debug, threads
         self.device_arrays = device_arrays
         self.inputs = list(inputs) if not isinstance(inputs, Node) else [inputs]
@@ -78,12 +81,30 @@ class Function:
             if n.op.name == "input" and n.id not in given:
                 raise GraphcError(f"the graph needs input {n.name!r} ({fmt_site(n.site)}), which is not in the inputs list")
         self.params = [n for n in order if n.op.name == "param"]
+        # every param the step touches, in a stable order: read ones, then update targets
+        seen = {p.id for p in self.params}
+        self.all_params = self.params + [p for p, _ in self.updates if p.id not in seen]
         self._index_checks = self._find_index_checks(order)
         # per input, the axes of fixed size and those that bind a symbolic dim, checked per call
         self._fixed = {x.id: [(k, d) for k, d in enumerate(x.shape) if isinstance(d, int)] for x in self.inputs}
         self._named = {x.id: [(k, d) for k, d in enumerate(x.shape) if not isinstance(d, int)] for x in self.inputs}
         self._last_env: dict | None = None
-        self._program = self._compile()
+        self._prog: Program | None = None
+        self._pending: _Background | None = None
+        if compile == "background" and target == "cpu" and not debug:
+            from .backends.reference import ReferenceProgram
+            self._program = ReferenceProgram(self.program, self.inputs)
+            self._pending = _Background(lambda: self._compile(bind_now=False))
+        else:
+            self._program = self._compile()
+
+    @property
+    def program(self) -> Program:
+        """The optimized program: graph after passes, kernels, memory plan. Built on first use
+        (a compiled step loaded from the disk cache runs without it)."""
+        if self._prog is None:
+            self._prog = build_program(self.outputs, self.updates, self.optimize)
+        return self._prog
 
     def _find_index_checks(self, order):
         """Index operands that come straight from an input are range-checked at call time."""
@@ -98,11 +119,10 @@ class Function:
                 checks.append((pos[idx.id], bound(n), n))
         return checks
 
-    def _compile(self):
-        self.program = build_program(self.outputs, self.updates, self.optimize)
+    def _compile(self, bind_now: bool = True):
         if self.target == "cpu":
             from .backends.cpu import CpuProgram
-            return CpuProgram(self.program, self.inputs, debug=self.debug, threads=self.threads)
+            return CpuProgram(self, debug=self.debug, threads=self.threads, bind_now=bind_now)
         if self.target == "cuda":
             from .backends.cuda import CudaProgram
             return CudaProgram(self.program, self.inputs, device_arrays=self.device_arrays)
@@ -191,14 +211,46 @@ class Function:
         return feeds, env
 
     def __call__(self, *args: Any):
+        if self._pending is not None and self._pending.done.is_set():
+            self._program, self._pending = self._pending.result(), None
         arrays, env = self._bind(args)
         self._last_env = env
         outs = self._program.run(arrays, env)
         return outs[0] if self.single else outs
 
+    def wait(self) -> Function:
+        """With ``compile="background"``: block until the compiled step is ready (it is used
+        from the next call on); without, return at once."""
+        if self._pending is not None:
+            self._pending.done.wait()
+            self._program, self._pending = self._pending.result(), None
+        return self
+
+
+class _Background:
+    """Compiles in a thread while the step runs on the reference plan."""
+
+    def __init__(self, build):
+        self.done, self.value, self.error = threading.Event(), None, None
+        threading.Thread(target=self._run, args=(build,), daemon=True, name="graphc-compile").start()
+
+    def _run(self, build) -> None:
+        try:
+            self.value = build()
+        except BaseException as e:  # raised in the caller's thread at its next call
+            self.error = e
+        finally:
+            self.done.set()
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
 
 def function(inputs: Sequence[Node], outputs, updates=None, target: str = "numpy", optimize: bool = True,
-             debug: bool = False, threads: int | None = None, device_arrays: bool = False) -> Function:
+             debug: bool = False, threads: int | None = None, device_arrays: bool = False,
+             compile: str = "sync") -> Function:
     """Compile ``outputs`` (a node or a list) of ``inputs``, with param ``updates``
     applied after each call, for ``target`` ("numpy", the reference, "cpu", or "cuda": NVIDIA GPUs
     through numba-cuda, or its simulator with NUMBA_ENABLE_CUDASIM=1; ``device_arrays=True``
@@ -208,6 +260,12 @@ def function(inputs: Sequence[Node], outputs, updates=None, target: str = "numpy
     count of compiled steps; by default they use every core and drop to one when a busy
     neighbour makes steps much slower.
 
+    ``compile="background"`` (target "cpu") returns at once: the first calls run on the NumPy
+    reference plan while the kernels compile in a thread, then calls switch to the compiled
+    step (``f.wait()`` blocks until then). Both compute the same step, but not to the last bit:
+    the loss trajectory differs from an all-compiled run at float32 rounding. The default,
+    "sync", compiles before returning and is deterministic.
+
     >>> f = gc.function([x, y], [loss, gW], updates=[(W, W - 0.1 * gW)])
     """
-    return Function(inputs, outputs, updates, target, optimize, debug, threads, device_arrays)
+    return Function(inputs, outputs, updates, target, optimize, debug, threads, device_arrays, compile)

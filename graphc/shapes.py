@@ -131,3 +131,30 @@ def norm_axes(axis, ndim: int, what: str = "axis") -> tuple:
     if len(set(out)) != len(out):
         raise ShapeError(f"repeated {what} in {axis}")
     return tuple(sorted(out))
+
+
+# --- linear forms: offsets and strides as sums of monomials in the symbolic dims ------------
+Form = Counter  # {sorted tuple of names: int coefficient}
+
+
+def form(d: Dim | Form) -> Form:
+    """A dim, an int or a form as a form without zero terms."""
+    f = linear_form(d) if isinstance(d, (int, str)) else Counter(d)
+    return Counter({k: c for k, c in f.items() if c})
+
+
+def form_mul(f: Form, d: Dim) -> Form:
+    """``f * d`` for a dim ``d`` (a monomial)."""
+    coef, names = _factors(d)
+    extra = tuple(names.elements())
+    return Counter({tuple(sorted(k + extra)): c * coef for k, c in f.items() if c * coef})
+
+
+def form_eval(f: Form, env: dict) -> int:
+    return sum(c * prod(env[n] for n in k) for k, c in f.items())
+
+
+def form_text(f: Form) -> str:
+    """``f`` as an expression over the dims' names, e.g. ``128*batch + 64``."""
+    terms = [" * ".join(([str(c)] if c != 1 or not k else []) + list(k)) for k, c in sorted(form(f).items())]
+    return " + ".join(terms).replace("+ -", "- ") or "0"

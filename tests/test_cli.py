@@ -227,7 +227,7 @@ def test_inspect_cpu_source_and_pictures(models, cache, tmp_path):
     r = graphc("inspect", f"{models}/models.py:tuple_graph", "--target", "cpu", "--out", str(out),
                "--renderer", "matplotlib", env=cache)
     assert r.returncode == 0, r.stderr
-    assert "== generated source (target='cpu')" in r.stdout and "@njit" in r.stdout and "def step(" in r.stdout
+    assert "== generated source (target='cpu')" in r.stdout and "def k_" in r.stdout and "def step(" in r.stdout
     for name in ("forward", "gradient"):
         check_dot(out / f"{name}.dot")
         w, h = png_size(out / f"{name}.png")
@@ -309,12 +309,17 @@ def test_cache_info_and_clear(cache):
     d = Path(cache["GRAPHC_CACHE_DIR"])
     r = graphc("cache", "info", env=cache)
     assert r.returncode == 0 and str(d) in r.stdout and "0 generated step modules" in r.stdout
+    assert "cpu: 0 compiled steps, 0 library kernels" in r.stdout
     (d / "_gen_0123456789abcdef01234567.py").write_text("# graphc generated module\n")
+    for sub, name in (("kernels", "k_0123.o"), ("steps", "0123.json")):
+        (d / sub).mkdir(exist_ok=True)
+        (d / sub / name).write_bytes(b"entry")
     info = json.loads(graphc("cache", "info", "--json", env=cache).stdout)
-    assert info["modules"] == 1 and info["dir"] == str(d) and info["bytes"] > 0
+    assert (info["modules"], info["kernels"], info["steps"]) == (1, 1, 1) and info["dir"] == str(d) and info["bytes"] > 0
     r = graphc("cache", "clear", env=cache)
-    assert r.returncode == 0 and "removed 1 generated module" in r.stdout
-    assert json.loads(graphc("cache", "info", "--json", env=cache).stdout)["modules"] == 0
+    assert r.returncode == 0 and "removed 3 cache entries" in r.stdout
+    info = json.loads(graphc("cache", "info", "--json", env=cache).stdout)
+    assert (info["modules"], info["kernels"], info["steps"]) == (0, 0, 0)
 
 
 # ---------------------------------------------------------------- bench

@@ -146,20 +146,3 @@ def test_float32_stays_float32_and_vectorizes(name):
     f = getattr(cm, name)
     f(F32(0.5))
     assert f.overloads[(numba.float32,)].signature.return_type == numba.float32
-
-
-@pytest.mark.parametrize("dt", [np.float32, np.float64])
-@pytest.mark.parametrize("m, k, n", [(5, 7, 3), (1, 4, 6), (6, 1, 2), (3, 4, 1), (64, 300, 20)])
-def test_gemm_layouts_alpha_beta(dt, m, k, n):
-    """C and Fortran order, row and column strides, strided copies, alpha and beta."""
-    from graphc.backends.cpu_math import gemm
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((m, k)).astype(dt), rng.standard_normal((k, n)).astype(dt)
-    strided_a = np.repeat(a, 2, axis=1)[:, ::2]
-    strided_b = np.repeat(b, 2, axis=0)[::2]
-    for A in (a, np.asfortranarray(a), strided_a):
-        for B in (b, np.asfortranarray(b), strided_b):
-            c = rng.standard_normal((m, n)).astype(dt)
-            want = c - 0.5 * (a.astype(np.float64) @ b)
-            gemm(A, B, c, dt(-0.5), dt(1.0))
-            np.testing.assert_allclose(c, want, rtol=1e-4, atol=1e-4)

@@ -1,232 +1,95 @@
-"""The CPU backend: the whole step as one ``numba.njit`` function.
+"""The CPU backend: a step is a plan of calls to library kernels, run by one native call.
 
-Generated source has one small njit function per kernel (compiled separately, so
-compile time stays linear) and a ``step`` function that slices params out of a flat
-arena, slices the workspace by the memory plan, calls the kernels in order and
-returns copies of the outputs. The module is written to the disk cache and imported,
-so Numba's ``cache=True`` keeps the machine code across processes."""
+Cold, the program (passes, fusion, memory plan) is laid out in flat buffers (``layout.py``) and
+each kernel is written over raw pointers (``loops.py``); kernels come from the kernel library
+(``library.py``: compiled once per structure, shared by every model and process). The result
+is a *step spec*: kernel keys, one argument block per call (sizes, strides and offsets as forms
+in the symbolic dims), the arena and workspace layout and the outputs. It is stored under a hash
+of the graph before passes, so a warm start skips passes, code generation and Numba: it loads
+the spec and the kernels' object code and is ready. Per set of dims the spec resolves to an
+int64 plan that ``native.driver`` walks in one ctypes call (the GIL released).
+
+``f.source`` is the generated module: the kernels, and ``step``, the same calls as Python; it
+runs as is, without the JIT, under ``debug=True``.
+"""
 from __future__ import annotations
 
-import re
+import base64
+import hashlib
+import io
 import time
-from collections import Counter
 from math import prod
+from pathlib import Path
 
-import numba
 import numpy as np
 
 from .. import __version__
-from ..graph import toposort
 from ..ir import Node
-from ..passes.fusion import Kernel, base_of
+from ..passes.fusion import base_of
 from ..program import Program
-from ..shapes import linear_form, resolve, size
-from . import cpu_math, diskcache
-from .loops import KernelCode, describe, is_loop_kernel, kernel_code, literal
+from ..shapes import form, form_text, resolve, size
+from . import library, native
+from .layout import ZERO, Layout, Scratch, View, c_strides
+from .loops import KernelCode, copy_code, describe, kernel_code
 from .source import Source
 from .threads import Governor
 
 PARALLEL_MIN = 1 << 18  # elements; below this a parallel launch costs more than it saves
-SYMBOLIC_GUESS = 256    # a symbolic dim's size when deciding serial or parallel
+SYMBOLIC_GUESS = 256    # a symbolic dim's size when judging whether BLAS needs threads
 BLAS_THREADED_FLOPS = 1 << 22  # smaller matmuls run on one thread whatever the setting
+SPEC_FORMAT = 1
 
 HEADER = """\
-# graphc {version}: one training step for the CPU, compiled with numba.njit.
-# Kernels are small njit functions; `step` runs them in order. Read it top to bottom.
+# graphc {version}: one training step for the CPU.
+# Each kernel is compiled once by Numba as a C function over raw pointers (cpu_abi.py) and kept
+# in graphc's kernel library, shared by every model with the same structure. `step` makes the
+# calls a native driver makes, in order: k(A, B) with A the call's arguments and B the bases.
 import numpy as np
-from numba import njit, prange
 
-from graphc.backends.cpu_math import (  # noqa: F401
-    gemm, gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh)
+from graphc.backends.cpu_math import gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh  # noqa: F401
 
-# no nnan/ninf: NaN and inf propagate as in NumPy; reassoc lets float reductions vectorize
-FASTMATH = {{"nsz", "arcp", "contract", "afn", "reassoc"}}
-NO_WRAPPERS = {{"no_cpython_wrapper": True, "no_cfunc_wrapper": True}}
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 """
 
 
-def _dim(d) -> str:
-    return str(d) if isinstance(d, int) else d.replace("*", " * ")
+def graphc_hash() -> str:
+    """Hash of graphc's own sources: a cached step is only valid for the compiler that wrote it."""
+    if not _HASH:
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256(__version__.encode())
+        for f in sorted(root.rglob("*.py")):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+        _HASH.append(h.hexdigest())
+    return _HASH[0]
 
 
-def _shape(shape) -> str:
-    return "(" + ", ".join(_dim(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+_HASH: list = []
 
 
-def _linear(form: Counter) -> str:
-    terms = [(names, c) for names, c in sorted(form.items()) if c]
-    return " + ".join((" * ".join(([str(c)] if c != 1 or not names else []) + list(names))) for names, c in terms) or "0"
+# --- forms and slots in JSON ---------------------------------------------------------------------
+def jform(f) -> list:
+    return [[list(k), c] for k, c in sorted(form(dict(f)).items())]
 
 
-def _ident(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
+def _eval(jf: list, env: dict) -> int:
+    return sum(c * prod(env[n] for n in names) for names, c in jf)
 
 
-class _StepWriter:
-    """Writes ``step``: names for every value, views realized as NumPy views."""
-
-    def __init__(self, prog: Program, inputs: list[Node]):
-        self.prog, self.inputs = prog, inputs
-        self.src = Source()
-        self.names: dict[int, str] = {}
-        self.contig: dict[int, bool] = {}
-        self.consts: list[Node] = []
-        self.params = sorted({n.id: n for n in _sources(prog, "param")}.values(), key=lambda n: n.id)
-        self.param_dtypes = sorted({p.dtype.name for p in self.params})
-        self.ws_dtypes = sorted({dt.name for _, dt in prog.memory.slots})
-
-    def ref(self, v: Node) -> str:
-        """Expression for the value of ``v`` in ``step``."""
-        if v.id in self.names:
-            return self.names[v.id]
-        op = v.op.name
-        if op == "constant":
-            if v.attrs["value"].size == 1 and v.ndim == 0:
-                return f"np.asarray({literal(v.attrs['value'], v.dtype)})"
-            self.consts.append(v)
-            e, c = f"K{len(self.consts) - 1}", True
-        elif op == "count":
-            e, c = f"np.{v.dtype.name}({' * '.join(_dim(d) for d in v.attrs['dims'])})", True
-        elif op == "reshape":
-            x = self.ref(v.inputs[0])
-            x = x if self.contig[v.inputs[0].id] else f"np.ascontiguousarray({x})"
-            e, c = f"{x}.reshape({_shape(v.shape)})", True
-        elif op == "transpose":  # .T types as Fortran order, so BLAS takes it without a copy
-            x = self.ref(v.inputs[0])
-            e, c = (f"{x}.T" if v.attrs["axes"] == (1, 0) else f"{x}.transpose({v.attrs['axes']})"), False
-        elif op == "broadcast_to":
-            e, c = f"np.broadcast_to({self.ref(v.inputs[0])}, {_shape(v.shape)})", False
-        elif op == "slice":
-            idx = ", ".join(":" if t is None else f"{t[0]}:{t[1]}:{t[2]}" for t in v.attrs["index"])
-            e, c = f"{self.ref(v.inputs[0])}[{idx}]", False
-        elif op == "stop_gradient":
-            e, c = self.ref(v.inputs[0]), self.contig[v.inputs[0].id]
-        else:
-            raise AssertionError(f"{v!r} has no buffer")
-        self.names[v.id], self.contig[v.id] = e, c
-        return e
-
-    def write(self, codes: list[tuple[Kernel, KernelCode]]) -> str:
-        s, prog = self.src, self.prog
-        args = [f"P_{d}" for d in self.param_dtypes] + [f"W_{d}" for d in self.ws_dtypes]
-        body = Source()
-        body.depth = 1
-        s, self.src = body, body
-        dims_seen = set()
-        for x in self.inputs:
-            name = f"in_{_ident(x.name)}"
-            self.names[x.id], self.contig[x.id] = name, True
-            for j, d in enumerate(x.shape):
-                if isinstance(d, str) and d not in dims_seen:
-                    dims_seen.add(d)
-                    s(f"{d} = {name}.shape[{j}]")
-        s("# params: views into the flat arena")
-        offsets: dict[str, int] = {}
-        for j, p in enumerate(self.params):
-            off = offsets.get(p.dtype.name, 0)
-            n = prod(p.shape)
-            name = f"p{j}"
-            s(f"{name} = P_{p.dtype.name}[{off}:{off + n}].reshape({_shape(p.shape)})  # {p.name}")
-            offsets[p.dtype.name] = off + n
-            self.names[p.id], self.contig[p.id] = name, True
-        s("# workspace: slots of the memory plan (buffers of disjoint lifetimes share one)")
-        slot_off, cursor = {}, {}
-        for j, (sz, dt) in enumerate(prog.memory.slots):
-            start = cursor.get(dt.name, Counter())
-            slot_off[j] = start
-            cursor[dt.name] = start + linear_form(sz)
-        for b in sorted(prog.memory.buffers.values(), key=lambda b: b.node.id):
-            n = b.node
-            if b.slot < 0:
-                p = prog.memory.inplace[n.id]
-                self.names[n.id], self.contig[n.id] = self.names[p.id], True
-                continue
-            off = slot_off[b.slot]
-            name = f"BUF__{n.id}"
-            end = off + linear_form(size(n.shape))
-            s(f"{name} = W_{n.dtype.name}[{_linear(off)}:{_linear(end)}].reshape({_shape(n.shape)})")
-            self.names[n.id], self.contig[n.id] = name, True
-        for k, code in codes:
-            s(f"# kernel {k.index}: {k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else "")
-              + (f"; same code as {code.name}" if code.same_as is not None else ""))
-            if code.same_as is not None:
-                for n in k.nodes:
-                    s(f"#   {describe(n)}")
-            call = [_dim(d) for d in (k.domain if is_loop_kernel(k) else ())]
-            call += [self.ref(u) for u in code.reads] + [self.ref(u) for u in code.scalars]
-            call += [self.ref(w) for w in code.writes]
-            s(f"{code.name}({', '.join(call)})")
-        n_out = prog.n_outputs
-        # outputs are taken before any param is overwritten: they see the step's old params
-        outs = [self.ref(o) for o in prog.roots[:n_out] if o.op.kind != "source"]
-        for j, o in enumerate(outs):
-            s(f"out{j} = {o}.copy()")
-        copies = [(p, e) for p, e in prog.updates if e.id not in prog.memory.inplace]
-        if copies:
-            s("# updates that could not be written in place; values that are params are read first,")
-            s("# so that updates like (a, b), (b, a) swap")
-        targets, staged = {p.id for p, _ in copies}, {}
-        for j, (p, e) in enumerate(copies):
-            if base_of(e)[0].id in targets:
-                staged[p.id] = f"u{j}"
-                s(f"u{j} = {self.ref(e)}.copy()")
-        for p, e in copies:  # explicit loops: slice assignment costs seconds of Numba compile time
-            src, dst = staged.get(p.id) or self.ref(e), self.names[p.id]
-            for t in range(p.ndim):
-                s.lines.append("    " * s.depth + f"for j{t} in range({p.shape[t]}):")
-                s.depth += 1
-            js = ", ".join(f"j{t}" for t in range(p.ndim)) or "()"
-            s(f"{dst}[{js}] = {src}[{js}]  # {p.name}")
-            s.depth -= p.ndim
-        s("return (" + "".join(f"out{j}, " for j in range(len(outs))) + ")")
-        args += [f"K{j}" for j in range(len(self.consts))] + [f"in_{_ident(x.name)}" for x in self.inputs]
-        head = Source()
-        head("@njit(cache=True, nogil=True)")
-        head(f"def step({', '.join(args)}):")
-        head(f'    """The whole step: {len(prog.kernels)} kernels. '
-             f'Inputs: {", ".join(f"{x.name} {x.dtype.name}{_shape(x.shape)}" for x in self.inputs)}."""')
-        self.arg_names = args
-        return head.text() + body.text()
+def _bits(value, dtype: str) -> int:
+    a = np.array([value]).astype(dtype)
+    if a.dtype.kind == "f":
+        return int(a.view(np.int32 if a.dtype == np.float32 else np.int64)[0])
+    return int(a.astype(np.int64)[0])
 
 
-def _sources(prog: Program, kind: str) -> list[Node]:
-    found = [n for n in toposort(prog.roots) if n.op.name == kind]
-    found += [p for p, _ in prog.updates if kind == "param"]
-    return found
+def _npy(a: np.ndarray) -> str:
+    buf = io.BytesIO()
+    np.save(buf, np.array(a, order="C"), allow_pickle=False)  # (ascontiguousarray makes 0-d 1-d)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
-def _code_key(code: KernelCode) -> str:
-    """A kernel's code without its name and comments: equal keys compile to one function."""
-    lines = [ln.split("  #")[0].rstrip() for ln in code.source.splitlines()
-             if not ln.strip().startswith(("#", '"""'))]
-    text = "\n".join(lines).replace(code.name, "KERNEL")
-    names: dict[str, str] = {}  # value names carry node ids: number them by first use
-    return re.sub(r"\b(V|ACC|PART)__\d+\b", lambda m: names.setdefault(m.group(0), f"{m.group(1)}_{len(names)}"), text)
-
-
-def generate(prog: Program, inputs: list[Node], wrappers: bool = False) -> tuple[str, _StepWriter]:
-    codes, first, bodies = [], {}, []
-    shared = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
-    for k in prog.kernels:
-        n = prod(resolve(k.domain, _Guess()))
-        code = kernel_code(k, f"k{k.index}_{k.kind}", parallel=n >= PARALLEL_MIN, wrappers=wrappers,
-                           inplace=prog.memory.inplace, shared=shared)
-        key = _code_key(code)
-        if key in first:  # e.g. the same layer twice: one function, compiled once
-            code.name, code.same_as = first[key].name, first[key]
-        else:
-            first[key] = code
-            bodies.append(code.source)
-        codes.append((k, code))
-    w = _StepWriter(prog, inputs)
-    step = w.write(codes)
-    text = HEADER.format(version=__version__) + "\n\n" + "\n\n".join(bodies) + "\n\n" + step
-    # Value names carry node ids, which depend on what the process built before; number them
-    # by position in the program instead, so the same model always generates the same module.
-    order = {n.id: i for i, n in enumerate(toposort(prog.roots))}
-    prefix = {"V": "v", "ACC": "acc", "PART": "part", "BUF": "b"}
-    text = re.sub(r"\b(V|ACC|PART|BUF)__(\d+)\b", lambda m: f"{prefix[m.group(1)]}{order[int(m.group(2))]}", text)
-    return text, w
+def _unnpy(s: str) -> np.ndarray:
+    return np.load(io.BytesIO(base64.b64decode(s)), allow_pickle=False)
 
 
 class _Guess(dict):
@@ -234,46 +97,219 @@ class _Guess(dict):
         return SYMBOLIC_GUESS
 
 
-def _nojit(*args, **kwargs):
-    if args and callable(args[0]):
-        return args[0]
-    return lambda f: f
+# --- cold: program -> spec ---------------------------------------------------------------------
+class StepBuilder:
+    """Lays out a program and writes its calls: kernels, copies, outputs, update commits."""
+
+    def __init__(self, prog: Program, inputs: list[Node], params: list[Node]):
+        self.prog, self.inputs, self.params = prog, inputs, params
+        self.layout = Layout(prog, inputs, params)
+        self.calls: list[dict] = []
+        self.kernels: dict[str, str] = {}
+
+    def add(self, code: KernelCode, kernel: int | None, comment: list[str], scratch: Scratch, domain=None) -> None:
+        need: dict = {}
+        for dt, n in scratch.items:
+            need[dt] = need.get(dt, form(0)) + form(n)
+            self.layout.need_ws(dt)
+        key = library.kernel_key(code.source)
+        self.kernels[key] = code.source
+        call = {"key": key, "pkey": None, "size": None, "kernel": kernel, "comment": comment, "doc": code.doc,
+                "scratch": {dt: jform(f) for dt, f in need.items()}, "slots": [self._slot(s) for s in code.slots]}
+        if code.parallel_source is not None:
+            call["pkey"] = library.kernel_key(code.parallel_source)
+            call["size"] = jform(form(size(domain)))
+            self.kernels[call["pkey"]] = code.parallel_source
+        self.calls.append(call)
+
+    @staticmethod
+    def _slot(s: tuple) -> list:
+        if s[0] == "int":
+            return ["int", jform(dict(s[1]))]
+        if s[0] == "base":
+            return ["base", list(s[1])]
+        if s[0] == "bits":
+            return ["bits", _bits(s[2], s[1]), s[1], s[2]]
+        return ["count", s[1], list(s[2])]
+
+    def build(self) -> dict:
+        prog, layout = self.prog, self.layout
+        shared = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
+        for k in prog.kernels:
+            code = kernel_code(k, layout, prog.memory.inplace, shared)
+            head = f"kernel {k.index}: {k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else "")
+            for src, tmp in code.scratch.copies:
+                self.add(copy_code(src, tmp, "a view copied contiguous"), k.index,
+                         [f"kernel {k.index} reads a strided view contiguous: copied first"], code.scratch)
+            self.add(code, k.index, [head] + [f"  {describe(n)}" for n in k.nodes], code.scratch, k.domain)
+        final = Scratch()
+        outputs = self.outputs(final)
+        self.commits(final)
+        big = any(k.kind == "matmul" and k.flops(_Guess()) >= BLAS_THREADED_FLOPS for k in prog.kernels)
+        return {
+            "format": SPEC_FORMAT,
+            "params": [[p.dtype.name, list(p.shape)] for p in self.params], "n_inputs": len(self.inputs),
+            "param_dtypes": layout.param_dtypes, "ws_dtypes": layout.ws_dtypes,
+            "ws_end": {dt: jform(f) for dt, f in layout.ws_end.items()},
+            "consts": [_npy(c.attrs["value"]) for c in layout.consts],
+            "kernels": self.kernels, "calls": self.calls, "outputs": outputs,
+            "blas_threads": big, "n_kernels": len(prog.kernels),
+            "doc": f"The whole step: {len(prog.kernels)} kernels. Inputs: "
+                   + (", ".join(f"{x.name} {x.dtype.name}{tuple(x.shape)}" for x in self.inputs) or "none") + ".",
+        }
+
+    def outputs(self, final: Scratch) -> list:
+        """Outputs that are sources are copied in Python before the step; the others by copy
+        calls, which run before any commit overwrites a param (outputs see the old params)."""
+        out, n_out = [], 0
+        pos_in = {x.id: j for j, x in enumerate(self.inputs)}
+        pos_p = {p.id: j for j, p in enumerate(self.params)}
+        for o in self.prog.roots[:self.prog.n_outputs]:
+            if o.op.name == "param":
+                out.append(["param", pos_p[o.id]])
+            elif o.op.name == "input":
+                out.append(["input", pos_in[o.id]])
+            elif o.op.name == "constant":
+                out.append(["const", _npy(o.attrs["value"])])
+            elif o.op.name == "count":
+                out.append(["count", o.dtype.name, list(o.attrs["dims"])])
+            else:
+                src = self.layout.view(o, final)
+                dst = View(("out", n_out), ZERO, c_strides(o.shape), tuple(o.shape), o.dtype.name)
+                self.add(copy_code(src, dst, "an output"), None, [f"output {len(out)}: {describe(o)}"], final)
+                out.append(["out", o.dtype.name, [jform(form(d)) for d in o.shape]])
+                n_out += 1
+        return out
+
+    def commits(self, final: Scratch) -> None:
+        """Updates not written in place, copied into their params at the end of the step;
+        values that are params another update overwrites are staged first (so swaps work)."""
+        prog, layout = self.prog, self.layout
+        copies = [(p, e) for p, e in prog.updates if e.id not in prog.memory.inplace]
+        targets = {p.id for p, _ in copies}
+        staged = {}
+        for p, e in copies:
+            if base_of(e)[0].id in targets:
+                tmp = final.take(e.dtype.name, tuple(e.shape), layout.ws_end)
+                self.add(copy_code(layout.view(e, final), tmp, "a staged update"), None,
+                         [f"stage the update of {p.name}: it reads a param another update overwrites"], final)
+                staged[p.id] = tmp
+        for p, e in copies:
+            src = staged.get(p.id) or layout.view(e, final)
+            self.add(copy_code(src, layout.buffer(p), "an update"), None, [f"update of {p.name} ({describe(e)})"], final)
+
+
+# --- the generated module, as text ---------------------------------------------------------------
+def render(spec: dict, dims: list[str], keys: list[str] | None = None) -> str:
+    """The module ``f.source`` shows: every kernel the step calls, then ``step``. ``keys`` are
+    the kernels a plan chose (parallel variants for big dims); by default the serial ones."""
+    keys = keys or [c["key"] for c in spec["calls"]]
+    used = list(dict.fromkeys(keys))
+    users: dict[str, list] = {}
+    for c, key in zip(spec["calls"], keys):
+        users.setdefault(key, []).append(c["kernel"])
+    parts = [HEADER.format(version=__version__)]
+    for key in used:
+        who = sorted({k for k in users[key] if k is not None})
+        note = f"# {library.function_name(key)}: kernel{'s' if len(who) > 1 else ''} {', '.join(map(str, who))}" \
+            if who else f"# {library.function_name(key)}"
+        parts.append(note + "\n" + library.named(spec["kernels"][key], key))
+    s = Source()
+    with s.block(f"def step(B{''.join(', ' + d for d in dims)}):"):
+        s(f'"""{spec["doc"]}"""')
+        names = base_names(spec)
+        s(f"{', '.join(names)} = range({len(names)})  # indexes of the bases in B")
+        for c, key in zip(spec["calls"], keys):
+            for line in c["comment"]:
+                s("# " + line)
+            args = ", ".join(_slot_text(x, names) for x in c["slots"])
+            s(f"{library.function_name(key)}(np.array([{args}], np.int64), B)")
+    parts.append(s.text())
+    return "\n\n".join(parts)
+
+
+def base_names(spec: dict) -> list[str]:
+    outs = sum(1 for o in spec["outputs"] if o[0] == "out")
+    return ([f"P_{d}" for d in spec["param_dtypes"]] + [f"W_{d}" for d in spec["ws_dtypes"]]
+            + [f"K{j}" for j in range(len(spec["consts"]))] + [f"in{j}" for j in range(spec["n_inputs"])]
+            + [f"out{j}" for j in range(outs)])
+
+
+def _base_label(base: list) -> str:
+    kind, x = base
+    return {"arena": f"P_{x}", "ws": f"W_{x}", "const": f"K{x}", "in": f"in{x}", "out": f"out{x}"}[kind]
+
+
+def _slot_text(s: list, names: list[str]) -> str:
+    if s[0] == "int":
+        return form_text({tuple(k): c for k, c in s[1]})
+    if s[0] == "base":
+        return _base_label(s[1])
+    if s[0] == "bits":
+        return f"bits({s[3]!r}, np.{s[2]})"
+    return f"bits({' * '.join(map(str, s[2])) or '1'}, np.{s[1]})"
+
+
+class _Plan:
+    """A spec resolved for one set of dims: the int64 plan, the bases it points into, outputs."""
+
+    __slots__ = ("plan", "template", "workspace", "n_calls", "outs", "parallel", "args", "keys")
 
 
 class CpuProgram:
-    """Compiles a program to one njit step; ``run`` validates nothing (Function did)."""
+    """One compiled step. ``run`` validates nothing (Function did)."""
 
-    def __init__(self, program: Program, inputs: list[Node], debug: bool = False, threads: int | None = None):
+    def __init__(self, fn, debug: bool = False, threads: int | None = None, bind_now: bool = True):
         t0 = time.perf_counter()
-        self.program, self.inputs, self.debug = program, inputs, debug
-        self.source, w = generate(program, inputs)
-        # writable copies: read-only arrays type differently in Numba and would compile step twice
-        self.params, self.consts = w.params, [np.array(c.attrs["value"]) for c in w.consts]
-        self.param_dtypes, self.ws_dtypes = w.param_dtypes, w.ws_dtypes
+        self.fn, self.inputs, self.params, self.debug = fn, fn.inputs, fn.all_params, debug
+        self.dims = sorted({d for x in self.inputs for d in x.shape if isinstance(d, str)})
+        self.key = _step_key(fn)
+        self.library_stats: dict = {"compiled": 0, "reused": 0}
+        spec = None if debug else library.load_step(self.key)
+        self.cache_hit = spec is not None and self._matches(spec)
+        if not self.cache_hit:
+            spec = StepBuilder(fn.program, self.inputs, self.params).build()
+        self.spec = spec
+        self.labels = {name: j for j, name in enumerate(base_names(spec))}
+        self.consts = [_unnpy(c) for c in spec["consts"]]
+        self.outputs = spec["outputs"]
+        self.all_out = all(o[0] == "out" for o in self.outputs)
+        self._addr: dict[str, int] = {}
+        self._plans: dict[tuple, _Plan] = {}
         if debug:
-            ns: dict = {"njit": _nojit, "prange": range, "__name__": "graphc_debug"}
-            text = self.source.replace("from numba import njit, prange", "")
-            exec(compile(text, "<graphc debug step>", "exec"), ns)
-            self.module, self.cache_hit = None, False
-            self._step = ns["step"]
+            self._debug_ns: dict = {}
         else:
-            self.module, self.cache_hit = diskcache.load_module(self.source, salt=cpu_math.SOURCE_HASH)
-            self._step = self.module.step
-        self._arena()
-        # OpenBLAS runs small products on one thread anyway: only big ones need governing
-        big = any(k.kind == "matmul" and k.flops(_Guess()) >= BLAS_THREADED_FLOPS for k in program.kernels)
-        self.governor = Governor(threads, blas=big, parallel="parallel=True" in self.source)
-        self._workspaces: dict[tuple, list[np.ndarray]] = {}
-        self._dimnames = sorted({d for x in inputs for d in x.shape if isinstance(d, str)})
-        self.out_is_source = [o.op.kind == "source" for o in program.roots[:program.n_outputs]]
-        self.any_source_out = any(self.out_is_source)
-        if not debug:
-            self._compile()
+            keys = {c["key"]: spec["kernels"][c["key"]] for c in spec["calls"]}
+            self._addr.update(library.ensure(keys, self.library_stats))
+            if not self.cache_hit:
+                library.save_step(self.key, spec)
+            self._run = native.driver()
+        self.arenas: list | None = None
+        if bind_now:  # else params move into the arena at the first call, in the caller's thread
+            self._arena()
+        self.governor = Governor(threads, blas=spec["blas_threads"], parallel=False)
         self.compile_seconds = time.perf_counter() - t0
 
+    def _matches(self, spec: dict) -> bool:
+        """A spec found on disk belongs to this graph (the key says so) and reads as expected."""
+        try:
+            return (spec["format"] == SPEC_FORMAT and len(spec["params"]) == len(self.params)
+                    and all(dt == p.dtype.name and tuple(sh) == p.shape for (dt, sh), p in zip(spec["params"], self.params))
+                    and all(c["key"] in spec["kernels"] for c in spec["calls"]))
+        except (KeyError, TypeError, ValueError):
+            return False
+
+    @property
+    def source(self) -> str:
+        """The generated module, with the kernels the last call's dims chose."""
+        env = self.fn._last_env
+        last = self._plans.get(tuple(env[d] for d in self.dims)) if env is not None else None
+        return render(self.spec, self.dims, last.keys if last else None)
+
+    # -- params ---------------------------------------------------------------------------------
     def _arena(self) -> None:
         self.arenas, self.views = [], []
-        for dt in self.param_dtypes:
+        for dt in self.spec["param_dtypes"]:
             ps = [p for p in self.params if p.dtype.name == dt]
             arena = np.empty(sum(prod(p.shape) for p in ps), dt)
             off = 0
@@ -294,96 +330,151 @@ class CpuProgram:
                 view[...] = cur
                 p._param.value = view
 
-    def _workspace(self, env: dict) -> list[np.ndarray]:
-        key = tuple(map(env.__getitem__, self._dimnames))
-        ws = self._workspaces.get(key)
-        if ws is None:
-            totals = {dt: 0 for dt in self.ws_dtypes}
-            for sz, dt in self.program.memory.slots:
-                totals[dt.name] += prod(resolve((sz,), env))
-            ws = [np.empty(totals[dt], dt) for dt in self.ws_dtypes]
-            self._workspaces[key] = ws
-        return ws
+    # -- plans ---------------------------------------------------------------------------------
+    def _address(self, key: str) -> int:
+        if key not in self._addr:
+            self._addr.update(library.ensure({key: self.spec["kernels"][key]}, self.library_stats))
+        return self._addr[key]
 
-    def _signature(self):
-        arr = lambda dt, nd: numba.types.Array(numba.from_dtype(np.dtype(dt)), nd, "C")
-        sig = [arr(dt, 1) for dt in self.param_dtypes] + [arr(dt, 1) for dt in self.ws_dtypes]
-        sig += [arr(c.dtype, c.ndim) for c in self.consts] + [arr(x.dtype, x.ndim) for x in self.inputs]
-        return tuple(sig)
+    def _resolve(self, slot: list, env: dict) -> int:
+        kind = slot[0]
+        if kind == "int":
+            return _eval(slot[1], env)
+        if kind == "base":
+            return self.labels[_base_label(slot[1])]
+        if kind == "bits":
+            return slot[1]
+        return _bits(prod(resolve(tuple(slot[2]), env)), slot[1])
 
-    def _compile(self) -> None:
-        if self.module is not None:
-            diskcache.call_with_cache_recovery(self._step.compile, self._signature())
+    def plan(self, env: dict) -> _Plan:
+        key = tuple(env[d] for d in self.dims)
+        got = self._plans.get(key)
+        if got is not None:
+            return got
+        spec, pl = self.spec, _Plan()
+        calls = spec["calls"]
+        scratch = {dt: max((_eval(c["scratch"][dt], env) for c in calls if dt in c["scratch"]), default=0)
+                   for dt in spec["ws_dtypes"]}
+        pl.workspace = [np.empty(_eval(spec["ws_end"].get(dt, []), env) + scratch[dt], dt) for dt in spec["ws_dtypes"]]
+        bases = self.arenas + pl.workspace + self.consts
+        pl.template = np.array([b.ctypes.data for b in bases], np.int64)
+        pl.keys, pl.args = [], []
+        for c in calls:
+            par = c["pkey"] is not None and _eval(c["size"], env) >= PARALLEL_MIN
+            pl.keys.append(c["pkey"] if par else c["key"])
+            pl.args.append([self._resolve(s, env) for s in c["slots"]])
+        pl.parallel = any(k != c["key"] for k, c in zip(pl.keys, calls))
+        n = pl.n_calls = len(calls)
+        head = [n, pl.template.ctypes.data, len(bases)]
+        table, blocks, at = [], [], native.PLAN_HEAD + 2 * n
+        for k, a in zip(pl.keys, pl.args):
+            table += [0 if self.debug else self._address(k), at]
+            blocks += a
+            at += len(a)
+        pl.plan = np.array(head + table + blocks, np.int64)
+        pl.outs = [(tuple(_eval(d, env) for d in o[2]), o[1]) for o in self.outputs if o[0] == "out"]
+        if pl.parallel and not self.governor.parallel:
+            self.governor = Governor(self.governor.threads, blas=self.governor.blas, parallel=True)
+        self._plans[key] = pl
+        return pl
 
+    # -- running ---------------------------------------------------------------------------------
     def run(self, arrays: list[np.ndarray], env: dict) -> list[np.ndarray]:
+        if self.arenas is None:
+            self._arena()
         self._bind_params()
-        ws = self._workspace(env)
+        pl = self.plan(env)
         # np.ascontiguousarray would turn a 0-d array into 1-d
         args = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
-        prog = self.program
-        # outputs that are params or inputs themselves are taken before the step updates params
-        src_out = [np.array(self._source_value(o, arrays), copy=True) if is_src else None
-                   for o, is_src in zip(prog.roots[:prog.n_outputs], self.out_is_source)] if self.any_source_out else ()
-        gov = self.governor
-        if gov.idle:
-            res = iter(self._step(*self.arenas, *ws, *self.consts, *args))
+        outs = [np.empty(shape, dt) for shape, dt in pl.outs]
+        before = None if self.all_out else self._source_outputs(args, env)  # params as they were
+        if self.debug:
+            self._debug_call(pl, args, outs, env)
         else:
-            gov.before()
-            t = time.perf_counter()
-            res = iter(self._step(*self.arenas, *ws, *self.consts, *args))
-            gov.after(time.perf_counter() - t)
-        if not self.any_source_out:
-            return list(res)
-        return [v if v is not None else next(res) for v in src_out]
+            gov = self.governor
+            if gov.idle:
+                self._run(pl.plan.ctypes.data, tuple(args + outs), 0, pl.n_calls)
+            else:
+                gov.before()
+                t = time.perf_counter()
+                self._run(pl.plan.ctypes.data, tuple(args + outs), 0, pl.n_calls)
+                gov.after(time.perf_counter() - t)
+        if before is None:
+            return outs
+        it = iter(outs)
+        return [next(it) if b is None else b for b in before]
 
-    def _source_value(self, o: Node, arrays):
-        if o.op.name == "param":
-            return o._param.value
-        if o.op.name == "constant":
-            return o.attrs["value"]
-        return arrays[[x.id for x in self.inputs].index(o.id)]
+    def _source_outputs(self, args: list, env: dict) -> list:
+        res = []
+        for o in self.outputs:
+            kind = o[0]
+            if kind == "out":
+                res.append(None)
+            elif kind == "param":
+                res.append(np.array(self.params[o[1]]._param.value, copy=True))
+            elif kind == "input":
+                res.append(np.array(args[o[1]], copy=True))
+            elif kind == "const":
+                res.append(_unnpy(o[1]))
+            else:
+                res.append(np.array(prod(resolve(tuple(o[2]), env)), o[1]))
+        return res
+
+    def _debug_call(self, pl: _Plan, args: list, outs: list, env: dict) -> None:
+        flat = lambda a: (a.view(np.uint8) if a.dtype == np.bool_ else a).reshape(-1)
+        B = [flat(b) for b in self.arenas + pl.workspace + self.consts + args + outs]
+        key = tuple(pl.keys)
+        if key not in self._debug_ns:
+            self._debug_ns[key] = _debug_namespace(render(self.spec, self.dims, pl.keys))
+        self._debug_ns[key]["step"](B, **{d: env[d] for d in self.dims})
 
     def profile(self, arrays: list[np.ndarray], env: dict, repeat: int = 20) -> list[float]:
-        """Median seconds of each kernel: ``step`` runs as Python, calling the jitted kernels."""
-        times: dict[int, list[float]] = {}
-
-        def timed(k: int, fn):
-            def call(*a):
-                t = time.perf_counter()
-                fn(*a)
-                times.setdefault(k, []).append(time.perf_counter() - t)
-            return call
-        body = self.source[self.source.index("@njit(cache=True, nogil=True)\ndef step("):]
-        body = body.replace("@njit(cache=True, nogil=True)\n", "")
-        lines, current = [], None
-        for line in body.splitlines():
-            m = re.match(r"\s*# kernel (\d+):", line)
-            current = int(m.group(1)) if m else current
-            call = re.match(r"(\s*)(k\d+_\w+)\(", line)
-            if call and current is not None:
-                line = f"{call.group(1)}_timed({current}, {call.group(2)})(" + line[call.end():]
-            lines.append(line)
-        body = "\n".join(lines)
-        if self.module is None:
-            ns: dict = {}
-        else:  # a variant whose kernels Python may call
-            ns = dict(vars(diskcache.load_module(generate(self.program, self.inputs, wrappers=True)[0],
-                                                 salt=cpu_math.SOURCE_HASH)[0]))
-        ns["_timed"] = timed
-        exec(compile(body, "<graphc profile>", "exec"), ns)
+        """Median seconds of each kernel (with the copies it needs), run call by call."""
+        if self.arenas is None:
+            self._arena()
         self._bind_params()
-        ws = self._workspace(env)
+        pl = self.plan(env)
         args = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
+        outs = tuple(args + [np.empty(shape, dt) for shape, dt in pl.outs])
+        times: dict[int, list[float]] = {}
+        calls = self.spec["calls"]
         for _ in range(repeat):
-            ns["step"](*self.arenas, *ws, *self.consts, *args)
-        return [float(np.median(times.get(k.index, [0.0]))) for k in self.program.kernels]
+            per: dict[int, float] = {}
+            for j, c in enumerate(calls):
+                t = time.perf_counter()
+                self._run(pl.plan.ctypes.data, outs, j, j + 1)
+                if c["kernel"] is not None:
+                    per[c["kernel"]] = per.get(c["kernel"], 0.0) + time.perf_counter() - t
+            for k, v in per.items():
+                times.setdefault(k, []).append(v)
+        return [float(np.median(times.get(k, [0.0]))) for k in range(self.spec["n_kernels"])]
 
     def describe_cache(self) -> str:
         if self.debug:
             return "debug mode: generated code runs as plain Python, no JIT"
-        where = self.module.__file__
+        st = self.library_stats
         state = "hit" if self.cache_hit else "miss"
-        return f"{state} ({where}); build + compile {self.compile_seconds:.2f} s\nthreads: {self.governor.describe()}"
+        return (f"{state} (step {self.key[:12]} in {library.step_path(self.key).parent}); kernels: "
+                f"{st.get('compiled', 0)} compiled, {st.get('reused', 0)} from the library"
+                + (" (a worker process compiled some)" if st.get("workers") else "")
+                + f"; build {self.compile_seconds:.2f} s\nthreads: {self.governor.describe()}")
 
 
-__all__ = ["CpuProgram", "generate"]
+def _step_key(fn) -> str:
+    from ..graph import structure_key
+    ups = {p.id: k for k, p in enumerate(fn.all_params)}
+    extra = repr(("cpu", SPEC_FORMAT, fn.optimize, len(fn.outputs), [ups[p.id] for p, _ in fn.updates],
+                  graphc_hash(), library.kernel_key("")))
+    return structure_key(fn.outputs + [e for _, e in fn.updates], fn.inputs, fn.all_params, extra)
+
+
+def _debug_namespace(source: str) -> dict:
+    from . import cpu_abi
+    ns: dict = {"__name__": "graphc_debug", "prange": range,
+                "bits": lambda v, dt: _bits(v, np.dtype(dt).name), "nan": np.nan, "inf": np.inf}
+    ns.update(cpu_abi.DEBUG)
+    exec(compile(source, "<graphc debug step>", "exec"), ns)
+    return ns
+
+
+__all__ = ["CpuProgram", "StepBuilder", "render"]

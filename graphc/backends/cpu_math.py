@@ -46,8 +46,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "gmax", "gmin", "grand",
-           "gemm", "SOURCE_HASH"]
+__all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "gmax", "gmin", "grand", "SOURCE_HASH"]
 
 SOURCE_HASH: str = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
@@ -304,68 +303,3 @@ def grand(key, salt, flat):
     x = (x ^ (x >> _U(27))) * _U(0x94D049BB133111EB)
     x = x ^ (x >> _U(31))
     return np.float32(np.int64(x >> _U(40))) * np.float32(5.9604644775390625e-08)
-
-
-# --- matrix products: SciPy's BLAS called directly -----------------------------------
-# Numba's np.dot offers no alpha/beta, so `W - lr * (x.T @ g)` would need a temporary and a
-# second pass; sgemm with beta=1 writes it in one call. Layouts are read from the strides at
-# run time, so transposed views need no copy and any array type compiles to the same code.
-def _blas(name: str):
-    """SciPy's BLAS routine as an external symbol: cached machine code refers to it by name,
-    and the name is bound to this process's address at import (a baked-in address would not
-    survive a new process)."""
-    import llvmlite.binding as ll
-    from numba import types as nt
-    from numba.extending import get_cython_function_address
-
-    symbol = f"graphc_{name}"
-    ll.add_symbol(symbol, get_cython_function_address("scipy.linalg.cython_blas", name))
-    return nt.ExternalFunction(symbol, nt.void(*([nt.intp] * 13)))
-
-
-_sgemm, _dgemm = _blas("sgemm"), _blas("dgemm")
-
-
-@njit(cache=True, nogil=True)
-def _layout(a):
-    """(transposed?, leading dim, array) of a 2-d operand BLAS can read without a copy."""
-    rows, cols = a.shape
-    isz = a.itemsize
-    if a.strides[1] == isz or cols == 1:
-        return False, max(a.strides[0] // isz if rows > 1 else cols, cols, 1), a
-    if a.strides[0] == isz or rows == 1:
-        return True, max(a.strides[1] // isz if cols > 1 else rows, rows, 1), a
-    return False, max(cols, 1), np.ascontiguousarray(a)
-
-
-def _gemm_stub(*args):
-    raise NotImplementedError
-
-
-@overload(_gemm_stub, jit_options={"cache": True})
-def _ol_gemm(*args):
-    """sgemm for float32 outputs, dgemm for float64: one gemm body serves both."""
-    blas = _sgemm if args[-1].dtype == types.float32 else _dgemm  # the last argument is c
-    return lambda *args: blas(*args[:-1])
-
-
-@njit(cache=True, nogil=True)
-def gemm(a, b, c, alpha, beta):
-    """c = alpha * (a @ b) + beta * c for 2-d float32 or float64 arrays; c is C-ordered."""
-    m, k = a.shape
-    n = b.shape[1]
-    ta, lda, a2 = _layout(a)
-    tb, ldb, b2 = _layout(b)
-    ints = np.empty(6, np.int32)  # BLAS takes every argument by reference
-    ints[0], ints[1], ints[2] = n, m, k
-    ints[3], ints[4], ints[5] = ldb, lda, max(c.strides[0] // c.itemsize if m > 1 else n, n, 1)
-    flags = np.empty(2, np.uint8)
-    flags[0] = 84 if tb else 78  # 'T' or 'N'; row-major C = A @ B is column-major C^T = B^T A^T
-    flags[1] = 84 if ta else 78
-    ab = np.empty(2, c.dtype)
-    ab[0], ab[1] = alpha, beta
-    _gemm_stub(flags[0:].ctypes.data, flags[1:].ctypes.data, ints[0:].ctypes.data, ints[1:].ctypes.data,
-               ints[2:].ctypes.data, ab[0:].ctypes.data, b2.ctypes.data, ints[3:].ctypes.data, a2.ctypes.data,
-               ints[4:].ctypes.data, ab[1:].ctypes.data, c.ctypes.data, ints[5:].ctypes.data, c)
-    # using the copies after the call keeps them alive through it (NRT frees at last use)
-    return a2.shape[0] + b2.shape[0] + ints[0] + flags[0] + np.int64(ab[0] != ab[0])

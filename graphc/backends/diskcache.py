@@ -124,19 +124,25 @@ def _file_ok(py: Path, key: str) -> bool:
     return bool(sep) and head == _header(key, body)
 
 
-def _write_atomic(py: Path, key: str, source: str) -> None:
-    body = source.encode()
-    fd, tmp = tempfile.mkstemp(dir=py.parent, prefix=".tmp" + py.stem, suffix=".tmp")
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file and a rename: readers see the old file or
+    the new one, never a part (concurrent writers of one cache key write equal bytes)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp" + path.stem, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_header(key, body) + b"\n" + body)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, py)  # atomic; concurrent writers of one key write equal bytes
+        os.replace(tmp, path)
     except OSError:
         Path(tmp).unlink(missing_ok=True)
-        if not _file_ok(py, key):  # e.g. Windows refuses to replace an open file
+        if not (path.exists() and path.read_bytes() == data):  # e.g. Windows refuses to replace an open file
             raise
+
+
+def _write_atomic(py: Path, key: str, source: str) -> None:
+    body = source.encode()
+    write_atomic(py, _header(key, body) + b"\n" + body)
 
 
 def _import(name: str, py: Path) -> types.ModuleType:
@@ -222,8 +228,14 @@ def call_with_cache_recovery(fn: Callable[..., Any], *args: Any, **kwargs: Any) 
         removed.update(bad)
 
 
+def _library_files(d: Path) -> list[Path]:
+    """The CPU backend's kernel library and step specs (see backends/library.py)."""
+    return [f for sub in ("kernels", "steps") if (d / sub).is_dir() for f in (d / sub).iterdir() if f.is_file()]
+
+
 def clear() -> int:
-    """Remove every generated module and its cache files; return how many modules."""
+    """Remove every generated module, library kernel and step spec; return how many entries
+    (modules + kernels + steps)."""
     d = cache_dir()
     mods = list(d.glob("_gen_*.py"))
     for py in mods:
@@ -231,13 +243,19 @@ def clear() -> int:
         py.unlink(missing_ok=True)
     for tmp in d.glob(".tmp_gen_*.tmp"):  # left by killed writers
         tmp.unlink(missing_ok=True)
-    return len(mods)
+    lib = _library_files(d)
+    for f in lib:
+        f.unlink(missing_ok=True)
+    return len(mods) + sum(1 for f in lib if f.suffix in (".o", ".json"))
 
 
 def info() -> dict[str, Any]:
-    """``{"dir", "modules", "bytes"}``; bytes include Numba/Python cache files."""
+    """``{"dir", "modules", "kernels", "steps", "bytes"}``: CUDA modules (bytes include Numba's
+    cache files), CPU library kernels and CPU step specs."""
     d = cache_dir()
     mods = list(d.glob("_gen_*.py"))
-    files = mods + [f for py in mods for f in _cache_files(py)]
+    lib = _library_files(d)
+    files = mods + [f for py in mods for f in _cache_files(py)] + lib
     size = sum(f.stat().st_size for f in files if f.exists())
-    return {"dir": str(d), "modules": len(mods), "bytes": size}
+    return {"dir": str(d), "modules": len(mods), "kernels": sum(1 for f in lib if f.suffix == ".o"),
+            "steps": sum(1 for f in lib if f.suffix == ".json"), "bytes": size}

@@ -1,13 +1,19 @@
-"""Loop-nest code generation for one kernel: readable Python that Numba compiles.
+"""Loop-nest code generation for one CPU kernel, over raw pointers and strides.
 
-A kernel function takes its domain dims ``n0, n1, ...``, the arrays it reads and the
-arrays it writes. Loops run over the domain in row-major order; every value is
-computed at the shallowest loop level it varies at (loop-invariant code is hoisted),
-reductions accumulate in scalars (or rows of accumulators when a kept axis follows a
-reduced one), and ops that need a reduction's result run in an epilogue."""
+A kernel is ``def KERNEL(A, B)`` (the C ABI of ``cpu_abi.py``): its prologue reads sizes,
+strides, offsets and scalars from the argument block ``A`` and makes typed pointers into the
+step's bases ``B``. Nothing in the source depends on sizes, offsets or constants, only on
+structure (ops, dtypes, ranks, which strides are 0 or 1, which values are equal), so one
+compiled kernel serves every layer, batch size and model with that structure.
+
+Loops run over the domain in row-major order; every value is computed at the shallowest loop
+level it varies at (loop-invariant code is hoisted), reductions accumulate in scalars (or in
+rows of accumulators in scratch when a kept axis follows a reduced one), and ops that need a
+reduction's result run in an epilogue. Matmuls call ``cblas_?gemm`` with layouts read from the
+strides, then run their epilogue over the result.
+"""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,9 +21,11 @@ import numpy as np
 from ..errors import fmt_site
 from ..ir import Node
 from ..passes.fusion import Kernel, base_of
+from .layout import ONE, ZERO, Layout, Scratch, View, freeze, scalar_constant
 from .source import Source
 
 CHUNK = 4096  # float32 sums add blocks of this many terms: error ~(CHUNK + n/CHUNK) ulp, not n
+KERNEL = "KERNEL"  # the function's name in a structural source; the library names it by its hash
 
 
 def literal(value, dtype: np.dtype) -> str:
@@ -30,6 +38,10 @@ def literal(value, dtype: np.dtype) -> str:
     return f"np.{dtype.name}({float(v) if dtype.kind == 'f' else int(v)!r})"
 
 
+def describe(n: Node) -> str:
+    return f"{n.op.name} ({n.phase}, {fmt_site(n.site)})"
+
+
 def peel(v: Node) -> Node:
     """What a loop reads for ``v``: outer broadcasts become index arithmetic."""
     while v.op.name in ("broadcast_to", "stop_gradient"):
@@ -37,75 +49,157 @@ def peel(v: Node) -> Node:
     return v
 
 
-def is_scalar_const(v: Node) -> bool:
-    v = peel(v)
-    return v.op.name == "constant" and v.attrs["value"].size == 1
+def _p(e: str) -> str:
+    return e if e.replace("_", "").isalnum() else f"({e})"
 
 
-def describe(n: Node) -> str:
-    return f"{n.op.name} ({n.phase}, {fmt_site(n.site)})"
-
-
-@dataclass
+@dataclass(eq=False)
 class KernelCode:
-    name: str
-    source: str
-    reads: list[Node] = field(default_factory=list)    # arrays read, in argument order (peeled)
-    scalars: list[Node] = field(default_factory=list)  # count values, in argument order
-    writes: list[Node] = field(default_factory=list)   # arrays written, in argument order
-    parallel: bool = False
-    same_as: KernelCode | None = None  # set when an identical kernel's function is reused
+    source: str                                    # structural: the same for every kernel of its kind
+    slots: list = field(default_factory=list)      # what A[j] holds: ("int", form) | ("base", base) |
+    #                                                ("bits", dtype, value) | ("count", dtype, dims)
+    scratch: Scratch = field(default_factory=Scratch)
+    parallel_source: str | None = None             # the same kernel with its outer loop in prange
+    doc: str = ""
 
 
-class _Gen:
-    def __init__(self, k: Kernel, name: str, parallel: bool, wrappers: bool = False,
-                 inplace: dict | None = None, shared: set | None = None):
-        self.k, self.name, self.parallel, self.wrappers = k, name, parallel, wrappers
-        self.inplace = inplace or {}  # output node id -> the param it overwrites
-        self.shared = shared or set()  # node ids other kernels read
-        self.r = len(k.domain) if k.kind in ("loop", "reduce", "matmul") else 0
-        self.inside = {n.id for n in k.nodes}
-        self.code = KernelCode(name, "")
-        self.arg: dict[int, str] = {}
-        self.out_ids = {o.id for o in k.outputs}
+class KernelWriter:
+    """Writes one kernel; ``ax[a]`` is the index expression of domain axis ``a``."""
+
+    def __init__(self, layout: Layout, scratch: Scratch | None = None):
+        self.layout = layout
+        self.scratch = scratch if scratch is not None else Scratch()
+        self.slots: list = []
+        self.pro = Source()
+        self.pro.depth = 1
+        self.ints: dict[tuple, str] = {}
+        self.ptrs: dict[tuple, str] = {}
+        self.values: dict[tuple, str] = {}
         self.src = Source()
-        self.preload: dict[str, str] = {}
+        self.src.depth = 1
+        self.parallel = False
 
-    # -- arguments -------------------------------------------------------------------
-    def array(self, v: Node) -> str:
-        if v.id not in self.arg:
-            self.arg[v.id] = f"a{len(self.code.reads)}"
-            self.code.reads.append(v)
-        return self.arg[v.id]
+    # -- the argument block ------------------------------------------------------------
+    def slot(self, spec) -> str:
+        self.slots.append(spec)
+        return f"A[{len(self.slots) - 1}]"
 
-    def scalar_arg(self, v: Node) -> str:
-        if v.id not in self.arg:
-            self.arg[v.id] = f"c{len(self.code.scalars)}"
-            self.code.scalars.append(v)
-        return self.arg[v.id]
+    def int(self, f, name: str | None = None) -> str:
+        """An integer (size, stride, offset): literal 0 or 1, else a variable read from A."""
+        key = freeze(f) if not isinstance(f, tuple) else f
+        if key == ZERO:
+            return "0"
+        if key == ONE:
+            return "1"
+        if key not in self.ints:
+            var = name or f"s{sum(1 for v in self.ints.values() if v[0] == 's')}"
+            self.ints[key] = var
+            self.pro(f"{var} = {self.slot(('int', key))}")
+        return self.ints[key]
 
-    def out(self, n: Node) -> str:
-        p = self.inplace.get(n.id)
-        if p is not None:
-            # An in-place update writes through the same argument it reads the param from:
-            # LLVM then sees one pointer, not two that may overlap, and still vectorizes.
-            return self.array(p)
-        if ("o", n.id) not in self.arg:
-            self.arg[("o", n.id)] = f"o{len(self.code.writes)}"
-            self.code.writes.append(n)
-        return self.arg[("o", n.id)]
+    def dim(self, d) -> str:
+        return self.int(freeze(d))
 
-    # -- indexing --------------------------------------------------------------------
-    def index(self, shape: tuple, lead: int | None = None) -> str:
+    def ptr(self, v: View, role: str = "a") -> str:
+        key = (v.base, v.offset)
+        if key not in self.ptrs:
+            name = f"{role}{sum(1 for p in self.ptrs.values() if p[0] == role)}"
+            self.ptrs[key] = name
+            dt = "uint8" if v.dtype == "bool" else v.dtype
+            self.pro(f"{name} = ptr_{dt}(B[{self.slot(('base', v.base))}], {self.slot(('int', v.offset))})")
+        return self.ptrs[key]
+
+    def constant(self, value, dtype: np.dtype) -> str:
+        """A scalar constant, passed in A as bits."""
+        key = (dtype.str, repr(value))
+        if key not in self.values:
+            var = f"c{len(self.values)}"
+            self.values[key] = var
+            a = self.slot(("bits", dtype.name, value))
+            self.pro(f"{var} = {self._from_bits(a, dtype)}")
+        return self.values[key]
+
+    def count(self, n: Node) -> str:
+        key = ("count", n.dtype.str, tuple(n.attrs["dims"]))
+        if key not in self.values:
+            var = f"c{len(self.values)}"
+            self.values[key] = var
+            self.pro(f"{var} = {self._from_bits(self.slot(('count', n.dtype.name, tuple(n.attrs['dims']))), n.dtype)}")
+        return self.values[key]
+
+    @staticmethod
+    def _from_bits(a: str, dtype: np.dtype) -> str:
+        if dtype.kind == "f":
+            return f"as_{dtype.name}({a})"
+        return f"({a} != 0)" if dtype == np.bool_ else f"np.{dtype.name}({a})"
+
+    # -- memory -------------------------------------------------------------------------
+    def lin(self, v: View, idx: list[str]) -> str:
+        """Element offset of ``v[idx]`` from its pointer."""
+        terms = []
+        for i, d, s in zip(idx, v.shape, v.strides):
+            if d == 1 or s == ZERO or i == "0":
+                continue
+            st = self.int(s)
+            terms.append(i if st == "1" else f"{_p(i)} * {st}")
+        return " + ".join(terms) or "0"
+
+    def load(self, v: View, idx: list[str]) -> str:
+        e = f"{self.ptr(v)}[{self.lin(v, idx)}]"
+        return f"({e} != 0)" if v.dtype == "bool" else e
+
+    def store(self, v: View, idx: list[str], value: str, role: str = "o") -> None:
+        value = f"np.uint8({value})" if v.dtype == "bool" else value
+        self.src(f"{self.ptr(v, role)}[{self.lin(v, idx)}] = {value}")
+
+    def loop(self, var: str, n: str, parallel: bool = False):
+        return self.src.block(f"for {var} in {'prange' if parallel else 'range'}({n}):")
+
+    def finish(self, doc: str) -> KernelCode:
+        s = Source()
+        with s.block(f"def {KERNEL}(A, B):"):
+            s(f'"""{doc}"""')
+        text = s.text() + self.pro.text() + self.src.text()
+        return KernelCode(text, self.slots, self.scratch, doc=doc)
+
+
+class LoopWriter(KernelWriter):
+    """A loop, reduce or matmul kernel of the program."""
+
+    def __init__(self, k: Kernel, layout: Layout, parallel: bool, inplace: dict, shared: set):
+        super().__init__(layout)
+        self.k = k
+        self.parallel = parallel
+        self.inplace, self.shared = inplace, shared
+        self.inside = {n.id for n in k.nodes}
+        self.out_ids = {o.id for o in k.outputs}
+        self.r = len(k.domain) if k.kind in ("loop", "reduce", "matmul") else 0
+        self.n = [self.int(freeze(d), f"n{a}") if d != 1 else "1" for a, d in enumerate(k.domain)] \
+            if self.r else []
+        self.ax = [f"i{a}" for a in range(self.r)]
+        self.acc_views: dict[int, View] = {}
+        self.nv = 0  # values are v0, v1, ... in the order they are computed
+
+    def view(self, v: Node) -> View:
+        return self.layout.view(v, self.scratch)
+
+    def out_view(self, n: Node) -> View:
+        """Where ``n`` is written: its buffer, or the param it overwrites in place (through the
+        same pointer the kernel reads the param with, so LLVM sees one pointer and vectorizes)."""
+        return self.layout.buffer(n)
+
+    def accname(self, n: Node, kind: str = "acc") -> str:
+        """Accumulators are numbered by their reduction's place in the kernel (names stay structural)."""
+        return f"{kind}{[m.id for m in self.k.nodes if m.op.kind == 'reduce'].index(n.id)}"
+
+    # -- indexing ----------------------------------------------------------------------
+    def index(self, shape: tuple, lead: int | None = None) -> list[str]:
         """Index of an array of ``shape`` right-aligned in the domain (unit dims read 0)."""
         lead = self.r - len(shape) if lead is None else lead
-        if not shape:
-            return "()"
-        return ", ".join("0" if d == 1 else f"i{j + lead}" for j, d in enumerate(shape))
+        return ["0" if d == 1 else self.ax[j + lead] for j, d in enumerate(shape)]
 
     def depth(self, n: Node) -> int:
-        nd = n.ndim
-        axes = [j + self.r - nd for j, d in enumerate(n.shape) if d != 1]
+        axes = [j + self.r - n.ndim for j, d in enumerate(n.shape) if d != 1]
         return max(axes) + 1 if axes else 0
 
     def read(self, n: Node, pos: int, val: dict) -> str:
@@ -114,99 +208,82 @@ class _Gen:
         b = base_of(v)[0]
         if b.id in self.inside:
             return val[b.id]
-        if is_scalar_const(v):
-            u = peel(v)
-            while u.op.kind == "shape":
-                u = u.inputs[0]
-            return literal(u.attrs["value"], u.dtype)
-        u = peel(v)
-        if u.op.name == "count":
-            return self.scalar_arg(u)
-        a = self.array(u)
-        if u.ndim == 0:  # loaded once up front: Numba's parfor lowering cannot index 0-d arrays
-            if a not in self.preload:
-                self.preload[a] = f"{a}[()]"
-            return f"{a}s"
+        c = scalar_constant(v)
+        if c is not None:
+            return self.constant(*c)
+        if b.op.name == "count":
+            return self.count(b)
+        view = self.view(v)
+        if all(d == 1 or s == ZERO for d, s in zip(view.shape, view.strides)):  # one value: read it once
+            key = ("one", view.base, view.offset, view.dtype)
+            if key not in self.values:
+                var = f"c{len(self.values)}"
+                self.values[key] = var
+                self.pro(f"{var} = {self.load(view, ['0'] * len(view.shape))}")
+            return self.values[key]
         if n.op.name == "one_hot":
-            return f"{a}[{self.index(u.shape, self.r - n.ndim)}]"
+            return self.load(view, self.index(v.shape, self.r - n.ndim))
         if n.op.name == "pick" and pos == 0:
-            rows = self.index(u.shape[:-1], self.r - n.ndim)
-            return f"{a}[{rows + ', ' if rows != '()' else ''}{{idx}}]"
-        return f"{a}[{self.index(u.shape)}]"
+            rows = self.index(v.shape[:-1], self.r - n.ndim)
+            return self.load(view, rows + [_p(self.read(n, 1, val))])
+        return self.load(view, self.index(v.shape))
 
     def expr(self, n: Node, val: dict) -> str:
+        name = n.op.name
+        if name == "pick":
+            return self.read(n, 0, val)
         args = [self.read(n, i, val) for i in range(len(n.inputs))]
-        if n.op.name == "one_hot":
-            k = f"i{self.r - 1}"
-            return f"np.{n.dtype.name}({args[0]} == {k})"
-        if n.op.name == "pick":
-            return args[0].replace("{idx}", args[1])
-        if n.op.name == "cast":
+        if name == "one_hot":
+            return f"np.{n.dtype.name}({args[0]} == {self.ax[-1]})"
+        if name == "cast":
             return f"np.{n.dtype.name}({args[0]})"
-        if n.op.name == "stop_gradient":
+        if name == "stop_gradient":
             return args[0]
-        if n.op.name == "random_uniform":  # hashed from the element's flat index
+        if name == "random_uniform":  # hashed from the element's flat index
             flat = "0"
             for j, d in enumerate(n.shape):
                 if d != 1:
                     a = j + self.r - n.ndim
-                    flat = f"i{a}" if flat == "0" else f"({flat}) * n{a} + i{a}"
-            rnd = n.op.scalar.format(*args, salt=n.attrs["salt"], flat=flat)
+                    flat = self.ax[a] if flat == "0" else f"({flat}) * {self.n[a]} + {self.ax[a]}"
+            salt = self.constant(n.attrs["salt"], np.dtype(np.int64))
+            rnd = n.op.scalar.format(*args, salt=salt, flat=flat)
             return rnd if n.dtype == np.float32 else f"np.{n.dtype.name}({rnd})"
         return n.op.scalar.format(*args)
 
-    # -- statements -------------------------------------------------------------------
-    def emit_node(self, n: Node, val: dict, acc_index: str = "") -> None:
-        s = self.src
-        name = f"V__{n.id}"
+    # -- statements ----------------------------------------------------------------------
+    def emit_node(self, n: Node, val: dict, acc_index: list[str] | None = None) -> None:
+        name = f"v{self.nv}"
+        self.nv += 1
         if n.op.kind == "reduce":
-            val[n.id] = f"ACC__{n.id}" + (f"[{acc_index}]" if acc_index else "")
-            name = val[n.id]
+            acc = self.acc_views.get(n.id)
+            val[n.id] = self.load(acc, acc_index) if acc is not None else self.accname(n)
+            if acc is not None:
+                self.src(f"{name} = {val[n.id]}  # {n.op.name}")
+                val[n.id] = name
         elif n.op.kind == "matmul":
-            val[n.id] = f"{self.out(n)}[{self.index(n.shape)}]"
-            s(f"{name} = {val[n.id]}  # {describe(n)}")
+            self.src(f"{name} = {self.load(self.out_view(n), self.index(n.shape))}  # matmul")
             val[n.id] = name
         else:
-            s(f"{name} = {self.expr(n, val)}  # {describe(n)}")
+            self.src(f"{name} = {self.expr(n, val)}  # {n.op.name}")
             val[n.id] = name
         if n.id in self.out_ids and n.op.kind != "matmul":
-            s(f"{self.out(n)}[{self.own_index(n)}] = {name}")
+            self.store(self.out_view(n), self.own_index(n), val[n.id])
 
-    def own_index(self, n: Node) -> str:
+    def own_index(self, n: Node) -> list[str]:
         """Where ``n``'s value goes in its own array; a reduction without keepdims keeps
         only the unreduced axes of the domain."""
         if n.op.kind == "reduce" and not n.attrs["keepdims"]:
-            kept = [a for a in range(self.r) if a not in n.attrs["axes"]]
-            return ", ".join("0" if self.k.domain[a] == 1 else f"i{a}" for a in kept) or "()"
+            return ["0" if self.k.domain[a] == 1 else self.ax[a] for a in range(self.r) if a not in n.attrs["axes"]]
         return self.index(n.shape)
 
     def generate(self) -> KernelCode:
-        k, s = self.k, self.src
-        kinds = ", ".join(sorted({n.op.name for n in k.nodes}))
-        body = Source()
-        self.src = body
-        body.depth = 1
+        k = self.k
         if k.kind in ("loop", "reduce", "matmul"):
             self.loops()
         else:
-            self.other()
-        dims = [f"n{j}" for j in range(self.r)]
-        args = dims + [f"a{j}" for j in range(len(self.code.reads))] + \
-            [f"c{j}" for j in range(len(self.code.scalars))] + [f"o{j}" for j in range(len(self.code.writes))]
-        # Kernels are only called from `step`: no Python or C entry points to compile (a third
-        # of the compile time), unless a profiler wants to call them one by one.
-        flags = ("" if not self.parallel else ", parallel=True") + ("" if self.wrappers else ", **NO_WRAPPERS")
-        s(f"@njit(cache=True, nogil=True, fastmath=FASTMATH, error_model='numpy'{flags})")
-        with s.block(f"def {self.name}({', '.join(args)}):"):
-            s(f'"""kernel {k.index} ({k.kind} over {k.domain}): {kinds}"""')
-            for n in k.nodes:
-                s(f"# {describe(n)}")
-            for a, e in self.preload.items():
-                s(f"{a}s = {e}")
-        s.lines += body.lines
-        self.code.source = s.text()
-        self.code.parallel = self.parallel
-        return self.code
+            OtherWriter.write(self, k.nodes[0])
+        ops = ", ".join(sorted({n.op.name for n in k.nodes}))
+        return self.finish(f"{k.kind} over {self.r} axes: {ops}" if self.r else f"{k.kind}: {ops}")
 
     def loops(self) -> None:
         k, s, r = self.k, self.src, self.r
@@ -224,7 +301,7 @@ class _Gen:
         last = k.domain[-1] if k.domain else 1
         fsum = any(n.op.name == "sum" and n.dtype.kind == "f" for n in k.nodes)
         # float32 sums: a flat 1-d reduction adds blocks of CHUNK terms (each block a vectorized
-        # loop over slices); a deeper one adds each innermost row first. Error ~(block + n/block) ulp.
+        # loop); a deeper one adds each innermost row first. Error ~(block + n/block) ulp.
         chunk = r == 1 and bool(raxes) and fsum and not (isinstance(last, int) and last <= CHUNK)
         rowpart = r >= 2 and scalar_acc and f < r - 1 and r - 1 in raxes and fsum
         by_depth: dict[int, list[Node]] = {}
@@ -233,58 +310,52 @@ class _Gen:
                 by_depth.setdefault(self.depth(n), []).append(n)
         reds = [n for n in k.nodes if n.op.kind == "reduce"]
         sums = [n for n in reds if n.op.name == "sum"]
-        # loops deeper than any value varies are not opened (e.g. a domain (3, 1))
-        top = r if reds else max(by_depth, default=0)
+        top = r if reds else max(by_depth, default=0)  # loops no value varies in are not opened
         opened = []
         for a in range(top):
             if a == f and raxes:
                 self.init_accumulators(reds, kept_after, scalar_acc)
             for n in by_depth.get(a, []):
                 self.emit_node(n, val)
-            rng = "prange" if (self.parallel and a == 0 and (not raxes or f >= 1)) else "range"
+            par = self.parallel and a == 0 and (not raxes or f >= 1)
             if chunk:
-                opened.append(s.block(f"for q in {'prange' if self.parallel else 'range'}((n0 + {CHUNK - 1}) // {CHUNK}):"))
+                opened.append(self.loop("q", f"({self.n[0]} + {CHUNK - 1}) // {CHUNK}", self.parallel))
                 opened[-1].__enter__()
                 s(f"lo = q * {CHUNK}")
-                s(f"hi = min(n0, lo + {CHUNK})")
                 for n in sums:
-                    s(f"PART__{n.id} = {literal(0, n.dtype)}")
-                slices_at = len(s.lines)
-                opened.append(s.block("for i0 in range(hi - lo):"))
+                    s(f"{self.accname(n, 'part')} = {literal(0, n.dtype)}")
+                opened.append(s.block(f"for i0 in range(lo, min({self.n[0]}, lo + {CHUNK})):"))
             else:
                 if rowpart and a == r - 1:
                     for n in sums:
-                        s(f"PART__{n.id} = {literal(0, n.dtype)}")
-                opened.append(s.block(f"for i{a} in {rng}(n{a}):"))
+                        s(f"{self.accname(n, 'part')} = {literal(0, n.dtype)}")
+                opened.append(self.loop(self.ax[a], self.n[a], par))
             opened[-1].__enter__()
         for n in by_depth.get(top, []):
             self.emit_node(n, val)
-        acc_idx = ", ".join(f"i{a}" for a in kept_after)
+        acc_idx = [self.ax[a] for a in kept_after]
         for n in reds:
             v = self.read(n, 0, val)
-            tgt = f"ACC__{n.id}" + (f"[{acc_idx}]" if acc_idx else "")
             if (chunk or rowpart) and n.op.name == "sum":
-                tgt = f"PART__{n.id}"
-            if n.op.name == "sum":
-                s(f"{tgt} += {v}  # {describe(n)}")
+                s(f"{self.accname(n, 'part')} += {v}  # sum")
+            elif n.id in self.acc_views:
+                acc = self.acc_views[n.id]
+                cur = self.load(acc, acc_idx)
+                self.store(acc, acc_idx, f"{cur} + {v}" if n.op.name == "sum" else f"gmax({cur}, {v})", role="t")
+            elif n.op.name == "sum":
+                s(f"{self.accname(n)} += {v}  # sum")
             else:
-                s(f"{tgt} = gmax({tgt}, {v})  # {describe(n)}")
-        if chunk:  # the block reads and writes slices, so each block is a fresh, vectorizable loop
-            body = s.lines[slices_at:]
-            names = sorted(set(re.findall(r"\b([ao]\d+)\[i0\b", "\n".join(body))))
-            s.lines[slices_at:] = [re.sub(r"\b([ao]\d+)\[i0\b", r"\1c[i0", line) for line in body]
-            pad = "    " * (s.depth - 1)
-            s.lines[slices_at:slices_at] = [f"{pad}{a}c = {a}[lo:hi]" for a in names]
+                s(f"{self.accname(n)} = gmax({self.accname(n)}, {v})  # max")
         # close loops down to depth f, adding partial sums on the way
         for a in reversed(range(min(f, top), top)):
             opened.pop().__exit__(None, None, None)
             if (chunk and a == 0) or (rowpart and a == r - 1):
                 for n in sums:
-                    s(f"ACC__{n.id} += PART__{n.id}")
+                    s(f"{self.accname(n)} += {self.accname(n, 'part')}")
             if chunk and a == 0:
                 opened.pop().__exit__(None, None, None)
         if epi or reds:
-            self.epilogue(reds, epi, val, kept_after)
+            self.epilogue(epi, val, kept_after)
         while opened:
             opened.pop().__exit__(None, None, None)
 
@@ -292,36 +363,38 @@ class _Gen:
         for n in reds:
             init = 0 if n.op.name == "sum" else (-np.inf if n.dtype.kind == "f" else np.iinfo(n.dtype).min)
             if scalar_acc:
-                self.src(f"ACC__{n.id} = {literal(init, n.dtype)}")
+                self.src(f"{self.accname(n)} = {literal(init, n.dtype)}")
                 continue
-            shape = ", ".join(f"n{a}" for a in kept_after)
-            self.src(f"ACC__{n.id} = np.zeros(({shape},), np.{n.dtype.name})")
-            if init != 0:  # np.full would cost seconds of compile time; a loop costs nothing
-                idx = ", ".join(f"i{a}" for a in kept_after)
-                for a in kept_after:
-                    self.src.lines.append("    " * self.src.depth + f"for i{a} in range(n{a}):")
-                    self.src.depth += 1
-                self.src(f"ACC__{n.id}[{idx}] = {literal(init, n.dtype)}")
-                self.src.depth -= len(kept_after)
+            # a row of accumulators over the kept axes after the first reduced one, in scratch
+            shape = tuple(self.k.domain[a] for a in kept_after)
+            acc = self.scratch.take(n.dtype.name, shape, self.layout.ws_end)
+            self.layout.need_ws(n.dtype.name)
+            self.acc_views[n.id] = acc
+            opened = [self.loop(self.ax[a], self.n[a]) for a in kept_after]
+            for o in opened:
+                o.__enter__()
+            self.store(acc, [self.ax[a] for a in kept_after], literal(init, n.dtype), role="t")
+            for o in reversed(opened):
+                o.__exit__(None, None, None)
 
-    def epilogue(self, reds, epi, val, kept_after) -> None:
-        s = self.src
-        opened = []
-        for a in kept_after:
-            opened.append(s.block(f"for i{a} in range(n{a}):"))
-            opened[-1].__enter__()
-        acc_idx = ", ".join(f"i{a}" for a in kept_after)
+    def epilogue(self, epi, val, kept_after) -> None:
+        opened = [self.loop(self.ax[a], self.n[a]) for a in kept_after]
+        for o in opened:
+            o.__enter__()
+        acc_idx = [self.ax[a] for a in kept_after]
         ev = dict(val) if not kept_after else {}
         need = self.k.needed_by(epi)
+        epi_ids = {m.id for m in epi}
         for n in self.k.nodes:
             if n.op.kind == "reduce":
                 self.emit_node(n, ev, acc_idx)
-            elif n.id in {m.id for m in epi} or (kept_after and n.id in need and n.op.kind != "matmul"):
+            elif n.id in epi_ids or (kept_after and n.id in need and n.op.kind != "matmul"):
                 self.emit_node(n, ev)
-        while opened:
-            opened.pop().__exit__(None, None, None)
+        for o in reversed(opened):
+            o.__exit__(None, None, None)
 
-    def axpy_update(self, mm: Node) -> tuple[Node, str] | None:
+    # -- matmul --------------------------------------------------------------------------
+    def axpy_update(self, mm: Node):
         """A kernel that is only ``P - c * (a @ b)`` written in place into P (SGD on a weight)
         is one gemm with alpha = -c and beta = 1: no temporary, no second pass."""
         rest = [n for n in self.k.nodes if n is not mm]
@@ -332,99 +405,160 @@ class _Gen:
             return None
         c, m = mul.inputs if mul.inputs[1] is mm else mul.inputs[::-1]
         p = base_of(upd.inputs[0])[0]
-        if m is not mm or not is_scalar_const(c) or upd.inputs[0] is not p or self.inplace.get(upd.id) is not p:
+        lr = scalar_constant(c)
+        if m is not mm or lr is None or upd.inputs[0] is not p or self.inplace.get(upd.id) is not p:
             return None
-        return upd, literal(-peel(c).attrs["value"], mm.dtype)
+        return upd, -lr[0]
+
+    def operand(self, v: Node, rows: str, cols: str) -> tuple[str, str, str, list]:
+        """(trans, pointer, leading dim) of a matmul operand's last two axes as BLAS reads them:
+        row-major, or column-major read transposed; anything else is copied contiguous first."""
+        view = self.view(v)
+        if _blas_layout(view) is None:
+            tmp = self.scratch.take(view.dtype, view.shape, self.layout.ws_end)
+            self.layout.need_ws(view.dtype)
+            self.scratch.copies.append((view, tmp))
+            view = tmp
+        s_r, s_c = view.strides[-2], view.strides[-1]
+        batch = [(s, d) for s, d in zip(view.strides[:-2], view.shape[:-2])]
+        p = self.ptr(view)
+        if _blas_layout(view) == "NO_TRANS":
+            return "NO_TRANS", p, _ld(self.int(s_r) if view.shape[-2] != 1 else None, cols), batch
+        return "TRANS", p, _ld(self.int(s_c) if view.shape[-1] != 1 else None, rows), batch
 
     def matmul_call(self, n: Node) -> bool:
         """Emit the BLAS call(s); True when the kernel's epilogue went into the call too."""
         s = self.src
-        batch = n.ndim - 2
-        # gemm reads each operand's layout from its strides: transposed views need no copy (a
-        # broadcast operand stays a broadcast view, which gemm copies: BLAS needs real strides)
-        A, B = (v.inputs[0] if v.op.name == "stop_gradient" else v for v in n.inputs)
-        a, b = self.array(A), self.array(B)
-        gemm = "gemm"
-        s(f"# {describe(n)}: {A.shape} @ {B.shape}")
-        fused = self.axpy_update(n) if batch == 0 else None
+        nb = n.ndim - 2
+        A, Bv = n.inputs
+        m, kk, nn = self.dim(n.shape[-2]), self.dim(A.shape[-1]), self.dim(n.shape[-1])
+        ta, pa, lda, ba = self.operand(A, m, kk)
+        tb, pb, ldb, bb = self.operand(Bv, kk, nn)
+        gemm = "cblas_sgemm" if n.dtype == np.float32 else "cblas_dgemm"
+        fused = self.axpy_update(n) if nb == 0 else None
+        one, zero = literal(1, n.dtype), literal(0, n.dtype)
         if fused is not None:
             upd, alpha = fused
-            s(f"{gemm}({a}, {b}, {self.out(upd)}, {alpha}, {literal(1, n.dtype)})  # {describe(upd)}, in place")
+            out = self.out_view(upd)
+            po = self.ptr(out, "o")
+            ldc = _ld(self.int(out.strides[0]) if out.shape[0] != 1 else None, nn)
+            s(f"{gemm}(ROW_MAJOR, {ta}, {tb}, {m}, {nn}, {kk}, {self.constant(alpha, n.dtype)}, {pa}, {lda}, "
+              f"{pb}, {ldb}, {one}, {po}, {ldc})  # {upd.op.name} in place")
             self.parallel = False  # no loops left to run in parallel
             return True
-        o = self.out(n)
-        if batch == 0:
-            s(f"{gemm}({a}, {b}, {o}, {literal(1, n.dtype)}, {literal(0, n.dtype)})")
+        out = self.out_view(n)
+        po = self.ptr(out, "o")
+        ldc = _ld(self.int(out.strides[-2]) if out.shape[-2] != 1 else None, nn)
+        if nb == 0:
+            s(f"{gemm}(ROW_MAJOR, {ta}, {tb}, {m}, {nn}, {kk}, {one}, {pa}, {lda}, {pb}, {ldb}, {zero}, {po}, {ldc})")
             return False
-        idx = [f"m{j}" for j in range(batch)]
-        for j in range(batch):
-            s.lines.append("    " * s.depth + f"for m{j} in range({o}.shape[{j}]):")
-            s.depth += 1
+        opened = []
+        for j in range(nb):
+            opened.append(self.loop(f"m{j}", self.dim(n.shape[j])))
+            opened[-1].__enter__()
 
-        def sub(arr, shape):
-            lead = batch - (len(shape) - 2)
-            parts = ["0" if shape[j] == 1 else idx[j + lead] for j in range(len(shape) - 2)]
-            return f"{arr}[{', '.join(parts)}]" if parts else arr
-        s(f"{gemm}({sub(a, A.shape)}, {sub(b, B.shape)}, {o}[{', '.join(idx)}], "
-          f"{literal(1, n.dtype)}, {literal(0, n.dtype)})")
-        s.depth -= batch
+        def at(p, batch):
+            lead = nb - len(batch)
+            terms = [f"m{j + lead}" if s_ == ONE else f"m{j + lead} * {self.int(s_)}"
+                     for j, (s_, d) in enumerate(batch) if d != 1 and s_ != ZERO]
+            return f"ptr_add({p}, {' + '.join(terms)})" if terms else p
+        s(f"{gemm}(ROW_MAJOR, {ta}, {tb}, {m}, {nn}, {kk}, {one}, {at(pa, ba)}, {lda}, {at(pb, bb)}, {ldb}, "
+          f"{zero}, {at(po, list(zip(out.strides[:-2], out.shape[:-2])))}, {ldc})")
+        for o in reversed(opened):
+            o.__exit__(None, None, None)
         return False
 
-    def other(self) -> None:
-        """Gathers, scatters and copies: one op, explicit loops."""
-        n = self.k.nodes[0]
-        s = self.src
-        ins = [self.array(v) for v in n.inputs]
-        o = self.out(n)
+
+def _blas_layout(v: View) -> str | None:
+    """How BLAS can read the last two axes in place: row-major (unit column stride, distinct rows)
+    or column-major (read transposed); None when they must be copied (broadcasts, strided both ways)."""
+    (r, c), (s_r, s_c) = v.shape[-2:], v.strides[-2:]
+    if (c == 1 or s_c == ONE) and (r == 1 or s_r != ZERO):
+        return "NO_TRANS"
+    if (r == 1 or s_r == ONE) and (c == 1 or s_c != ZERO):
+        return "TRANS"
+    return None
+
+
+def _ld(stride: str | None, width: str) -> str:
+    """A leading dimension BLAS accepts: the row stride, at least the row width and 1."""
+    parts = list(dict.fromkeys(x for x in (stride, width) if x is not None and x not in ("0", "1")))
+    return f"max({', '.join(parts)}, 1)" if parts else "1"
+
+
+class OtherWriter:
+    """Gathers, scatters and copies: one op, explicit loops."""
+
+    @staticmethod
+    def write(w: LoopWriter, n: Node) -> None:
         name = n.op.name
+        out = w.out_view(n)
         if name in ("take", "scatter_add"):
-            axis = n.attrs["axis"]
-            idx = n.inputs[1]
-            src_shape = n.shape if name == "take" else n.inputs[0].shape
+            axis, idx = n.attrs["axis"], n.inputs[1]
+            src = n if name == "take" else n.inputs[0]
+            x, iv, g = (w.view(n.inputs[0]), w.view(idx), None) if name == "take" else (None, w.view(idx), w.view(src))
             if name == "scatter_add":
-                self.fill(o, n.ndim, 0)
-            lo = [f"j{t}" for t in range(len(src_shape))]
-            for t, _ in enumerate(src_shape):
-                s.lines.append("    " * s.depth + f"for j{t} in range({('' if name == 'take' else ins[0]) or o}.shape[{t}]):")
-                s.depth += 1
-            pre, mid, post = lo[:axis], lo[axis:axis + idx.ndim], lo[axis + idx.ndim:]
-            ix = f"{ins[1]}[{', '.join(mid) if mid else '()'}]"
-            tgt = ", ".join(pre + [ix] + post)
+                fill(w, out, 0)
+            js = [f"j{t}" for t in range(src.ndim)]
+            opened = [w.loop(j, w.dim(d)) for j, d in zip(js, src.shape)]
+            for o in opened:
+                o.__enter__()
+            pre, mid, post = js[:axis], js[axis:axis + idx.ndim], js[axis + idx.ndim:]
+            ix = w.load(iv, mid)
             if name == "take":
-                s(f"{o}[{', '.join(lo)}] = {ins[0]}[{tgt}]")
+                w.store(out, js, w.load(x, pre + [ix] + post))
             else:
-                s(f"{o}[{tgt}] += {ins[0]}[{', '.join(lo)}]")
-            s.depth -= len(src_shape)
+                tgt = pre + [ix] + post
+                w.store(out, tgt, f"{w.load(out, tgt)} + {w.load(g, js)}")
+            for o in reversed(opened):
+                o.__exit__(None, None, None)
         elif name == "concatenate":
             axis, start = n.attrs["axis"], 0
-            for a, v in zip(ins, n.inputs):
-                self.copy(o, a, v.ndim, lambda t, j: f"{j} + {start}" if t == axis else j)
+            for v in n.inputs:
+                copy(w, w.view(v), out, lambda t, j, st=start: f"{j} + {w.int(freeze(st))}" if t == axis and st else j)
                 start += v.shape[axis]
         elif name == "unslice":
             index = n.attrs["index"]
-            self.fill(o, n.ndim, 0)
-            self.copy(o, ins[0], n.ndim, lambda t, j: j if index[t] is None else f"{index[t][0]} + {index[t][2]} * {j}")
+            fill(w, out, 0)
+
+            def at(t, j):
+                if index[t] is None:
+                    return j
+                start, step = w.int(freeze(index[t][0])), w.int(freeze(index[t][2]))
+                e = j if step == "1" else f"{step} * {j}"
+                return e if start == "0" else f"{start} + {e}"
+            copy(w, w.view(n.inputs[0]), out, at)
         else:
             raise NotImplementedError(f"no CPU lowering for {name}")
 
 
-    def fill(self, o: str, ndim: int, value) -> None:
-        s = self.src
-        for t in range(ndim):
-            s.lines.append("    " * s.depth + f"for z{t} in range({o}.shape[{t}]):")
-            s.depth += 1
-        s(f"{o}[{', '.join(f'z{t}' for t in range(ndim)) or '()'}] = 0")
-        s.depth -= ndim
+def fill(w: KernelWriter, out: View, value) -> None:
+    js = [f"z{t}" for t in range(len(out.shape))]
+    opened = [w.loop(j, w.dim(d)) for j, d in zip(js, out.shape) if d != 1]
+    for o in opened:
+        o.__enter__()
+    w.store(out, js, literal(value, np.dtype(out.dtype)))
+    for o in reversed(opened):
+        o.__exit__(None, None, None)
 
-    def copy(self, dst: str, src: str, ndim: int, where) -> None:
-        """dst[where(t, j_t)...] = src[j...] over src's shape."""
-        s = self.src
-        for t in range(ndim):
-            s.lines.append("    " * s.depth + f"for j{t} in range({src}.shape[{t}]):")
-            s.depth += 1
-        js = [f"j{t}" for t in range(ndim)]
-        s(f"{dst}[{', '.join(where(t, j) for t, j in enumerate(js)) or '()'}] = {src}[{', '.join(js) or '()'}]")
-        s.depth -= ndim
+
+def copy(w: KernelWriter, src: View, dst: View, where=lambda t, j: j) -> None:
+    """dst[where(t, j_t)...] = src[j...] over src's shape."""
+    js = [f"j{t}" for t in range(len(src.shape))]
+    opened = [w.loop(j, w.dim(d)) for j, d in zip(js, src.shape) if d != 1]
+    for o in opened:
+        o.__enter__()
+    idx = ["0" if d == 1 else j for j, d in zip(js, src.shape)]
+    w.store(dst, [where(t, j) for t, j in enumerate(idx)], w.load(src, idx))
+    for o in reversed(opened):
+        o.__exit__(None, None, None)
+
+
+def copy_code(src: View, dst: View, doc: str) -> KernelCode:
+    """A kernel that copies ``src`` into ``dst`` (same shape)."""
+    w = KernelWriter(None)
+    copy(w, src, dst)
+    return w.finish(f"copy over {len(src.shape)} axes ({doc})")
 
 
 def can_parallelize(k: Kernel) -> bool:
@@ -439,13 +573,22 @@ def can_parallelize(k: Kernel) -> bool:
                       and not any(n.op.name == "max" for n in k.nodes))
 
 
-def kernel_code(k: Kernel, name: str, parallel: bool = False, wrappers: bool = False,
-                inplace: dict | None = None, shared: set | None = None) -> KernelCode:
-    return _Gen(k, name, parallel and can_parallelize(k), wrappers, inplace, shared).generate()
+def kernel_code(k: Kernel, layout: Layout, inplace: dict | None = None, shared: set | None = None) -> KernelCode:
+    """The kernel's serial code, and its parallel variant when it has one (same argument block)."""
+    inplace, shared = inplace or {}, shared or set()
+    code = LoopWriter(k, layout, False, inplace, shared).generate()
+    if can_parallelize(k):
+        par = LoopWriter(k, layout, True, inplace, shared)
+        pcode = par.generate()
+        if par.parallel and pcode.source != code.source:
+            assert pcode.slots == code.slots, "serial and parallel kernels must read the same arguments"
+            code.parallel_source = pcode.source
+    return code
 
 
 def is_loop_kernel(k: Kernel) -> bool:
     return k.kind in ("loop", "reduce", "matmul")
 
 
-__all__ = ["KernelCode", "kernel_code", "literal", "peel", "is_loop_kernel", "CHUNK"]
+__all__ = ["KernelCode", "kernel_code", "copy_code", "literal", "describe", "peel", "is_loop_kernel", "CHUNK", "KERNEL",
+           "can_parallelize"]

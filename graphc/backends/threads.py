@@ -12,15 +12,12 @@ import os
 from collections import deque
 from statistics import median
 
-import numba
+from .native import set_blas_threads
 
 SLOW = 3.0          # a step this many times slower than the best seen is a warning sign
 PROBE_STEPS = 3     # steps run with the other thread count per probe
 FIRST_PROBE = 8
 MAX_INTERVAL = 1024
-
-_blas = None
-_blas_threads: int | None = None
 
 
 def available() -> int:
@@ -30,30 +27,11 @@ def available() -> int:
         return os.cpu_count() or 1
 
 
-def _blas_libs():
-    """The OpenBLAS that Numba's np.dot calls (SciPy's), through threadpoolctl."""
-    global _blas
-    if _blas is None:
-        import scipy.linalg.cython_blas  # noqa: F401 - loads the library Numba uses
-        from threadpoolctl import ThreadpoolController
-        _blas = [lib for lib in ThreadpoolController().lib_controllers
-                 if lib.user_api == "blas" and "scipy" in lib.filepath and "numpy" not in lib.filepath]
-    return _blas
-
-
-def set_blas_threads(n: int) -> None:
-    """Threads of the BLAS that compiled steps call (only Numba and SciPy use that copy)."""
-    global _blas_threads
-    if n != _blas_threads:
-        for lib in _blas_libs():
-            lib.set_num_threads(n)
-        _blas_threads = n
-
-
 class Governor:
     """Chooses 1 or all threads per step. ``before``/``after`` wrap every step."""
 
     def __init__(self, threads: int | None = None, blas: bool = True, parallel: bool = True) -> None:
+        self.threads = threads
         self.max = threads or available()
         self.blas, self.parallel = blas, parallel
         self.fixed = threads is not None or self.max == 1 or not (blas or parallel)
@@ -72,14 +50,15 @@ class Governor:
             self.mode = 1 if self.mode == self.max else self.max
         if self.blas:
             set_blas_threads(self.mode)
-        if self.parallel and self.mode < numba.config.NUMBA_NUM_THREADS:
+        if self.parallel and self.mode < _numba().config.NUMBA_NUM_THREADS:
+            numba = _numba()
             # numba's thread count is OpenMP's, which other libraries (torch) share: restore it
             self._numba_prev = numba.get_num_threads()
             numba.set_num_threads(self.mode)
 
     def after(self, seconds: float) -> None:
         if self._numba_prev is not None:
-            numba.set_num_threads(self._numba_prev)
+            _numba().set_num_threads(self._numba_prev)
             self._numba_prev = None
         m = self.mode
         self.recent[m].append(seconds)
@@ -106,3 +85,8 @@ class Governor:
             return f"{self.mode} thread(s), fixed"
         best = ", ".join(f"{m} thread(s) {t * 1e3:.3f} ms" for m, t in self.best.items() if t < float("inf"))
         return f"{self.mode} of {self.max} threads now; {self.switches} switches; best steps: {best}"
+
+
+def _numba():
+    import numba  # only steps with parallel kernels get here, and those loaded Numba already
+    return numba

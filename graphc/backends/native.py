@@ -1,0 +1,207 @@
+"""Native code without Numba's dispatcher: load compiled kernels and run a step.
+
+Numba compiles each kernel once (``library.py``); what graphc keeps is its object code. This
+module loads object code into one llvmlite MCJIT engine per process, binds the symbols kernels
+call (OpenBLAS's ``cblas_?gemm`` from the library SciPy ships, libm, and Numba's runtime for
+parallel kernels), and runs a step with a driver written here in LLVM IR: it walks a *plan*,
+an int64 array of (kernel address, argument block) pairs, and calls each kernel with
+``(int64* args, int64* bases)``. ``bases`` holds the addresses of the step's buffers (param
+arenas, workspace, constants), then those of the call's input and output arrays, which the
+driver reads from the NumPy objects it is given. A warm start therefore imports neither Numba
+nor SciPy, and a step costs one ctypes call.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import glob
+import importlib.util
+import os
+import threading
+
+import llvmlite.binding as ll
+import numpy as np
+from llvmlite import ir
+
+from ..errors import GraphcError
+
+_lock = threading.RLock()
+_state: dict = {}
+
+# Where CPython keeps a tuple's items and NumPy an array's data pointer (checked at start-up).
+TUPLE_ITEMS, ARRAY_DATA = 3 * 8, 2 * 8
+
+
+def _target_machine():
+    ll.initialize_native_target()
+    ll.initialize_native_asmprinter()
+    target = ll.Target.from_default_triple()
+    return target.create_target_machine(cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(),
+                                        codemodel="jitdefault", jit=True)
+
+
+def engine() -> ll.ExecutionEngine:
+    """The process's engine; on first use, libm and libc are made visible to loaded code."""
+    with _lock:
+        if "engine" not in _state:
+            for lib in ("m", "c"):
+                path = ctypes.util.find_library(lib)
+                if path:
+                    ll.load_library_permanently(path)
+            _state["engine"] = ll.create_mcjit_compiler(ll.parse_assembly(""), _target_machine())
+        return _state["engine"]
+
+
+def machine_key() -> str:
+    """What object code depends on besides its source: CPU and LLVM versions."""
+    if "machine" not in _state:
+        _state["machine"] = "\0".join([ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten(),
+                                       ".".join(map(str, ll.llvm_version_info)), ll.get_default_triple(),
+                                       os.environ.get("NUMBA_OPT", ""), os.environ.get("NUMBA_CPU_NAME", ""),
+                                       os.environ.get("NUMBA_CPU_FEATURES", "")])
+    return _state["machine"]
+
+
+# --- BLAS by symbol -------------------------------------------------------------------------
+BLAS_SYMBOLS = {"graphc_cblas_sgemm": "cblas_sgemm", "graphc_cblas_dgemm": "cblas_dgemm"}
+
+
+def blas() -> ctypes.CDLL:
+    """SciPy's bundled OpenBLAS (found without importing SciPy); its cblas gemms are bound to
+    the names kernels call, so cached object code survives new processes."""
+    with _lock:
+        if "blas" not in _state:
+            spec = importlib.util.find_spec("scipy")
+            libs = []
+            if spec is not None and spec.submodule_search_locations:
+                root = os.path.dirname(list(spec.submodule_search_locations)[0])
+                libs = sorted(glob.glob(os.path.join(root, "scipy.libs", "libscipy_openblas*")))
+            if not libs:
+                raise GraphcError("target='cpu' needs the OpenBLAS that SciPy's wheels ship "
+                                  "(scipy.libs/libscipy_openblas*); install scipy from PyPI")
+            lib = ctypes.CDLL(libs[0])
+            prefix = "scipy_" if hasattr(lib, "scipy_cblas_sgemm") else ""
+            for ours, theirs in BLAS_SYMBOLS.items():
+                ll.add_symbol(ours, ctypes.cast(getattr(lib, prefix + theirs), ctypes.c_void_p).value)
+            threads = getattr(lib, prefix + "openblas_set_num_threads", None)
+            _state["blas_threads"] = threads
+            _state["blas"] = lib
+        return _state["blas"]
+
+
+def set_blas_threads(n: int) -> None:
+    """Threads of the OpenBLAS that kernels call (only SciPy and graphc use that copy)."""
+    blas()
+    if _state.get("blas_threads_now") != n and _state["blas_threads"] is not None:
+        _state["blas_threads"](ctypes.c_int(n))
+        _state["blas_threads_now"] = n
+
+
+def _numba_runtime() -> None:
+    """Parallel kernels call Numba's runtime (NRT, thread pool, helpers): set it up."""
+    with _lock:
+        if not _state.get("numba"):
+            from numba.core.registry import cpu_target
+            from numba.np.ufunc.parallel import _launch_threads
+            cpu_target.target_context  # noqa: B018 - installs NRT and helper symbols
+            _launch_threads()
+            _state["numba"] = True
+
+
+def load_object(obj: bytes, symbol: str, undefined: list[str]) -> int:
+    """Load one kernel's object code; return the address of ``symbol``. Symbols the object
+    needs are checked first: an unresolved one would abort the process inside LLVM."""
+    blas()
+    missing = [s for s in undefined if not ll.address_of_symbol(s)]
+    if missing:
+        _numba_runtime()
+        missing = [s for s in missing if not ll.address_of_symbol(s)]
+        if missing:
+            raise GraphcError(f"kernel object needs unknown symbols {missing}")
+    with _lock:
+        ee = engine()
+        ee.add_object_file(ll.ObjectFileRef.from_data(obj))
+        ee.finalize_object()
+        addr = ee.get_function_address(symbol)
+    if not addr:
+        raise GraphcError(f"kernel object does not define {symbol}")
+    return addr
+
+
+# --- the driver -----------------------------------------------------------------------------
+# plan: [n_calls, template address, template length, (kernel address, args offset) * n_calls, args...]
+PLAN_HEAD = 3
+
+
+def _driver_ir() -> str:
+    m = ir.Module("graphc_driver")
+    i64, i8p = ir.IntType(64), ir.IntType(8).as_pointer()
+    p64 = i64.as_pointer()
+    kernel_t = ir.FunctionType(ir.VoidType(), [p64, p64]).as_pointer()
+    fn = ir.Function(m, ir.FunctionType(ir.VoidType(), [p64, i8p, i64, i64]), "graphc_run")
+    plan, arrays, first, last = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    c = lambda v: ir.Constant(i64, v)
+    load = lambda ptr, k: b.load(b.gep(ptr, [k]))
+    tmpl = b.inttoptr(load(plan, c(1)), p64)
+    ntmpl = load(plan, c(2))
+    n_arrays = b.load(b.bitcast(b.gep(arrays, [c(16)]), p64))  # ob_size
+    bases = b.alloca(i64, b.add(ntmpl, n_arrays), name="bases")
+
+    def loop(name, start, stop, body):
+        head, blk, done = (fn.append_basic_block(f"{name}.{s}") for s in ("head", "body", "done"))
+        pre = b.block
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(i64)
+        i.add_incoming(start, pre)
+        b.cbranch(b.icmp_signed("<", i, stop), blk, done)
+        b.position_at_end(blk)
+        body(i)
+        i.add_incoming(b.add(i, c(1)), b.block)
+        b.branch(head)
+        b.position_at_end(done)
+
+    loop("tmpl", c(0), ntmpl, lambda i: b.store(load(tmpl, i), b.gep(bases, [i])))
+
+    def array(j):
+        item = b.load(b.bitcast(b.gep(arrays, [b.add(c(TUPLE_ITEMS), b.mul(j, c(8)))]), i8p.as_pointer()))
+        data = b.load(b.bitcast(b.gep(item, [c(ARRAY_DATA)]), p64))
+        b.store(data, b.gep(bases, [b.add(ntmpl, j)]))
+    loop("arrays", c(0), n_arrays, array)
+
+    def call(i):
+        at = b.add(c(PLAN_HEAD), b.mul(i, c(2)))
+        kernel = b.inttoptr(load(plan, at), kernel_t)
+        args = b.gep(plan, [load(plan, b.add(at, c(1)))])
+        b.call(kernel, [args, bases])
+    loop("calls", first, last, call)
+    b.ret_void()
+    return str(m)
+
+
+def _check_object_layout() -> None:
+    """The driver reads tuple items and array data pointers at fixed offsets: confirm them."""
+    a = np.zeros(3)
+    t = (a,)
+    item = ctypes.c_void_p.from_address(id(t) + TUPLE_ITEMS).value
+    data = ctypes.c_void_p.from_address(id(a) + ARRAY_DATA).value
+    if item != id(a) or data != a.ctypes.data:
+        raise GraphcError("target='cpu': this Python or NumPy lays out tuples or arrays differently")
+
+
+Runner = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.py_object, ctypes.c_int64, ctypes.c_int64)
+
+
+def driver():
+    """``run(plan address, tuple of arrays, first call, end call)``; releases the GIL."""
+    with _lock:
+        if "driver" not in _state:
+            _check_object_layout()
+            ee = engine()
+            mod = ll.parse_assembly(_driver_ir())
+            mod.verify()
+            ee.add_module(mod)
+            ee.finalize_object()
+            _state["driver"] = Runner(ee.get_function_address("graphc_run"))
+        return _state["driver"]
