@@ -201,12 +201,12 @@ def _relay(pipe: Any, stream: TextIO, status: Status, follow: bool) -> None:
         status.echo(line, stream)
 
 
-def run_harness(argv: list[str], status: Status) -> int:
-    """benchmarks.run in a child process (its own interpreter, as `python -m benchmarks.run`),
+def run_harness(argv: list[str], status: Status, module: str = "benchmarks.run") -> int:
+    """A benchmark module in a child process (its own interpreter, as `python -m benchmarks.run`),
     relaying its output line by line."""
     env = _env_as_started() | {"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8",
                                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *argv], cwd=ROOT, env=env, text=True, encoding="utf-8",
+    proc = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=ROOT, env=env, text=True, encoding="utf-8",
                             errors="replace", stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1)
     relays = [threading.Thread(target=_relay, args=(proc.stdout, status.streams[0], status, True)),
               threading.Thread(target=_relay, args=(proc.stderr, status.streams[1], status, False))]
@@ -222,9 +222,26 @@ def run_harness(argv: list[str], status: Status) -> int:
     return rc
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    """``graphc bench --compile``: compile latency of the examples' models (benchmarks/compile.py)."""
+    _harness()
+    argv = ["--repeat", str(args.repeat or (1 if args.quick else 3))]
+    if args.models:
+        argv += ["--models", args.models]
+    if args.quick:
+        argv += ["--no-repeat-model"]
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        argv += ["--json", str(Path(args.out) / "compile.json")]
+    with Status("compiling the examples' models in fresh processes") as status:
+        return run_harness(argv, status, "benchmarks.compile")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import pictures
 
+    if args.compile:
+        return cmd_compile(args)
     _, W = _harness()
     workloads = _names(args.workloads, list(W.WORKLOADS), "workload")
     engines = _names(args.engines, list(W.ENGINES), "engine")

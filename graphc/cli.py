@@ -1,6 +1,7 @@
 """The ``graphc`` command: benchmark against eager engines, inspect a model's graphs, manage the cache.
 
     graphc bench [--workloads W1,W2] [--engines graphc,torch,jax,numpy] [--target cpu|cuda] [--quick]
+    graphc bench --compile [--models mlp,cnn] [--quick]
     graphc inspect examples/mlp_digits.py:build [--target cpu] [--out DIR]
     graphc cache info|clear
     graphc demo [--target cpu] [--quick]
@@ -215,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "This command benchmarks them, shows their graphs, and manages their cache.",
                  epilog="examples:\n"
                  "  graphc bench --quick                           # every workload and engine, under a minute\n"
+                 "  graphc bench --compile                         # compile latency of the examples vs JAX\n"
                  "  graphc inspect examples/mlp_digits.py:build    # graphs, fusion and memory report\n"
                  "  graphc inspect examples/mlp_digits.py:build --target cpu --out graphs/   # + source, pictures\n"
                  "  graphc cache info\n"
@@ -236,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--load", action="store_true", help="keep one core busy with a background process")
     b.add_argument("--cache-dir", help="GRAPHC_CACHE_DIR for the run (default: a fresh one, so cold is cold)")
     b.add_argument("--out", help="where results.json, results.md and results.png go (default: benchmarks/results)")
+    b.add_argument("--compile", action="store_true", help="instead: compile latency of the examples' models (cold, "
+                   "warm in a new process, a repeat model) against JAX jit; see benchmarks/compile.py")
+    b.add_argument("--models", help="with --compile: comma-separated, from mlp, cnn, tfm, rnn (default: all)")
     i = sub.add_parser("inspect", help="show a model's forward and gradient graphs, fusion and memory report, source",
                        description="Call FUNCTION (no arguments); it returns a graph: a node, a list/tuple/dict of "
                        "nodes, or a gc.Function. Shows the forward graph, the gradient graph of its scalar loss, "

@@ -380,3 +380,14 @@ def test_console_script():
     r = subprocess.run(["graphc", "cache", "info", "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "modules" in json.loads(r.stdout)
 
+
+
+def test_bench_compile_quick_mlp(tmp_path):
+    """Compile latency: cold, warm in a new process (a disk-cache hit: nothing compiles), and JAX if installed."""
+    out = tmp_path / "results"
+    r = graphc("bench", "--compile", "--models", "mlp", "--quick", "--out", str(out), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert re.search(r"^mlp cold\s+[\d.]+", r.stdout, re.M) and re.search(r"^mlp warm\s+[\d.]+", r.stdout, re.M)
+    report = json.loads((out / "compile.json").read_text())
+    cold, warm = report["mlp cold"]["median"], report["mlp warm"]["median"]
+    assert cold["compiled"] > 0 and warm["compiled"] == 0 and warm["reused"] == cold["compiled"] + cold["reused"]

@@ -324,7 +324,7 @@ class LoopWriter(KernelWriter):
                 s(f"lo = q * {CHUNK}")
                 for n in sums:
                     s(f"{self.accname(n, 'part')} = {literal(0, n.dtype)}")
-                opened.append(s.block(f"for i0 in range(lo, min({self.n[0]}, lo + {CHUNK})):"))
+                opened.append(s.block(f"for i0 in range(lo, gmin({self.n[0]}, lo + {CHUNK})):"))
             else:
                 if rowpart and a == r - 1:
                     for n in sums:
@@ -481,9 +481,12 @@ def _blas_layout(v: View) -> str | None:
 
 
 def _ld(stride: str | None, width: str) -> str:
-    """A leading dimension BLAS accepts: the row stride, at least the row width and 1."""
-    parts = list(dict.fromkeys(x for x in (stride, width) if x is not None and x not in ("0", "1")))
-    return f"max({', '.join(parts)}, 1)" if parts else "1"
+    """A leading dimension BLAS accepts: the row stride, at least the row width and 1. (gmax, not
+    max: Python's max compiles an error path that calls into the interpreter.)"""
+    e = "1"
+    for x in dict.fromkeys(x for x in (stride, width) if x is not None and x not in ("0", "1")):
+        e = f"gmax({x}, {e})"
+    return e
 
 
 class OtherWriter:

@@ -77,16 +77,18 @@ class Kernel:
         return [(n.op.name, n.phase, fmt_site(n.site)) for n in self.nodes]
 
     def flops(self, env: dict) -> int:
-        total = 0
+        total = sum(prod(resolve(shape, env)) * w for shape, w in self.loop_work())
         for n in self.nodes:
             if n.op.kind == "matmul":
                 a = resolve(n.inputs[0].shape, env)
                 total += 2 * prod(resolve(n.shape, env)) * a[-1]
-            elif n.op.kind == "reduce":
-                total += prod(resolve(n.inputs[0].shape, env))
-            else:
-                total += prod(resolve(n.shape, env)) * (10 if n.op.name in TRANSCENDENTAL else 1)
         return total
+
+    def loop_work(self) -> list[tuple[tuple, int]]:
+        """(shape, weight) of the work the kernel's own loops do (a matmul's is BLAS's):
+        one per element of each op, ten for transcendental functions."""
+        return [(n.inputs[0].shape, 1) if n.op.kind == "reduce" else (n.shape, 10 if n.op.name in TRANSCENDENTAL else 1)
+                for n in self.nodes if n.op.kind != "matmul"]
 
     def after_reduce(self) -> set[int]:
         """Ids of the nodes that need a reduction's result: the epilogue."""
