@@ -257,7 +257,7 @@ def _slot_text(s: list, names: list[str]) -> str:
 class _Plan:
     """A spec resolved for one set of dims: the int64 plan, the bases it points into, outputs."""
 
-    __slots__ = ("plan", "template", "workspace", "n_calls", "outs", "parallel", "args", "keys")
+    __slots__ = ("plan", "addr", "template", "workspace", "n_calls", "outs", "parallel", "keys")
 
 
 class CpuProgram:
@@ -351,7 +351,7 @@ class CpuProgram:
         return _bits(prod(resolve(tuple(slot[2]), env)), slot[1])
 
     def plan(self, env: dict) -> _Plan:
-        key = tuple(env[d] for d in self.dims)
+        key = tuple(map(env.__getitem__, self.dims))
         got = self._plans.get(key)
         if got is not None:
             return got
@@ -362,21 +362,22 @@ class CpuProgram:
         pl.workspace = [np.empty(_eval(spec["ws_end"].get(dt, []), env) + scratch[dt], dt) for dt in spec["ws_dtypes"]]
         bases = self.arenas + pl.workspace + self.consts
         pl.template = np.array([b.ctypes.data for b in bases], np.int64)
-        pl.keys, pl.args = [], []
+        pl.keys, args = [], []
         for c in calls:
             par = c["pkey"] is not None and _eval(c["work"], env) >= PARALLEL_MIN
             pl.keys.append(c["pkey"] if par else c["key"])
-            pl.args.append([self._resolve(s, env) for s in c["slots"]])
+            args.append([self._resolve(s, env) for s in c["slots"]])
         pl.parallel = any(k != c["key"] for k, c in zip(pl.keys, calls))
         n = pl.n_calls = len(calls)
         head = [n, pl.template.ctypes.data, len(bases)]
         table, blocks, at = [], [], native.PLAN_HEAD + 2 * n
-        for k, a in zip(pl.keys, pl.args):
+        for k, a in zip(pl.keys, args):
             table += [0 if self.debug else self._address(k), at]
             blocks += a
             at += len(a)
         pl.plan = np.array(head + table + blocks, np.int64)
-        pl.outs = [(tuple(_eval(d, env) for d in o[2]), o[1]) for o in self.outputs if o[0] == "out"]
+        pl.addr = pl.plan.ctypes.data  # (.ctypes costs a microsecond: not per call)
+        pl.outs = [(tuple(_eval(d, env) for d in o[2]), np.dtype(o[1])) for o in self.outputs if o[0] == "out"]
         if pl.parallel and not self.governor.parallel:
             self.governor = Governor(self.governor.threads, blas=self.governor.blas, parallel=True)
         self._plans[key] = pl
@@ -397,11 +398,11 @@ class CpuProgram:
         else:
             gov = self.governor
             if gov.idle:
-                self._run(pl.plan.ctypes.data, tuple(args + outs), 0, pl.n_calls)
+                self._run(pl.addr, tuple(args + outs), 0, pl.n_calls)
             else:
                 gov.before()
                 t = time.perf_counter()
-                self._run(pl.plan.ctypes.data, tuple(args + outs), 0, pl.n_calls)
+                self._run(pl.addr, tuple(args + outs), 0, pl.n_calls)
                 gov.after(time.perf_counter() - t)
         if before is None:
             return outs
@@ -446,7 +447,7 @@ class CpuProgram:
             per: dict[int, float] = {}
             for j, c in enumerate(calls):
                 t = time.perf_counter()
-                self._run(pl.plan.ctypes.data, outs, j, j + 1)
+                self._run(pl.addr, outs, j, j + 1)
                 if c["kernel"] is not None:
                     per[c["kernel"]] = per.get(c["kernel"], 0.0) + time.perf_counter() - t
             for k, v in per.items():
