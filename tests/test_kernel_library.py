@@ -122,3 +122,21 @@ def test_background_compile_switches_to_the_compiled_step(tmp_path, monkeypatch)
     # the same training, up to float32 rounding where the reference plan ran
     np.testing.assert_allclose(trajectories["background"][0], trajectories["sync"][0], rtol=1e-5)
     np.testing.assert_allclose(trajectories["background"][1], trajectories["sync"][1], rtol=1e-4, atol=1e-6)
+
+
+def test_parallel_kernels_load_warm_without_compiling(tmp_path):
+    """A parallel kernel's object code calls Numba's runtime; a warm start binds it, compiles nothing."""
+    body = """
+import graphc.backends.cpu as C
+C.PARALLEL_MIN = 1  # every kernel with a parallel variant uses it
+n = 5000
+x = gc.input("x", (n,))
+w = gc.param("w", np.linspace(-1, 1, n, dtype=np.float32))
+loss = gc.sum(gc.tanh(x * w) * gc.sigmoid(x - w)) / n
+f = gc.function([x], loss, updates=[(w, w - 0.1 * gc.grad(loss, w))], target="cpu")
+out = [float(f(np.ones(n, np.float32))) for _ in range(3)]
+print(json.dumps({"out": out, "parallel": "prange(" in f.source, **f._program.library_stats}))
+"""
+    cold, warm = child(tmp_path, body), child(tmp_path, body)
+    assert cold["parallel"] and warm["parallel"] and cold["compiled"] > 0 and warm["compiled"] == 0
+    assert warm["out"] == cold["out"]

@@ -73,9 +73,8 @@ class Layout:
         for p in params:
             self.param_at[p.id] = (p.dtype.name, fill.get(p.dtype.name, 0))
             fill[p.dtype.name] = fill.get(p.dtype.name, 0) + prod(p.shape)
-        self.arena_size = fill
         self.consts: list[Node] = []
-        self.ws_dtypes = sorted({dt.name for _, dt in prog.memory.slots} | set())
+        self.ws_dtypes = sorted({dt.name for _, dt in prog.memory.slots})
         self.slot_at: list[Form] = []
         cursor: dict[str, Form] = {}
         for sz, dt in prog.memory.slots:
@@ -86,6 +85,7 @@ class Layout:
         self._views: dict[int, View | None] = {}
 
     def need_ws(self, dtype: str) -> None:
+        """A workspace of ``dtype`` exists (scratch may be the only thing in it)."""
         if dtype not in self.ws_dtypes:
             self.ws_dtypes = sorted(self.ws_dtypes + [dtype])
 

@@ -368,7 +368,6 @@ class LoopWriter(KernelWriter):
             # a row of accumulators over the kept axes after the first reduced one, in scratch
             shape = tuple(self.k.domain[a] for a in kept_after)
             acc = self.scratch.take(n.dtype.name, shape, self.layout.ws_end)
-            self.layout.need_ws(n.dtype.name)
             self.acc_views[n.id] = acc
             opened = [self.loop(self.ax[a], self.n[a]) for a in kept_after]
             for o in opened:
@@ -416,7 +415,6 @@ class LoopWriter(KernelWriter):
         view = self.view(v)
         if _blas_layout(view) is None:
             tmp = self.scratch.take(view.dtype, view.shape, self.layout.ws_end)
-            self.layout.need_ws(view.dtype)
             self.scratch.copies.append((view, tmp))
             view = tmp
         s_r, s_c = view.strides[-2], view.strides[-1]

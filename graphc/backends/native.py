@@ -102,9 +102,10 @@ def _numba_runtime() -> None:
     with _lock:
         if not _state.get("numba"):
             from numba.core.registry import cpu_target
+            from numba.core.runtime import nrt
             from numba.np.ufunc.parallel import _launch_threads
-            cpu_target.target_context  # noqa: B018 - installs NRT and helper symbols
-            _launch_threads()
+            nrt.rtsys.initialize(cpu_target.target_context)  # NRT's and Numba's helper symbols
+            _launch_threads()  # the thread pool's
             _state["numba"] = True
 
 
