@@ -14,9 +14,7 @@ runs as is, without the JIT, under ``debug=True``.
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import time
 from math import prod
 from pathlib import Path
@@ -24,14 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..ir import Node
-from ..passes.fusion import base_of
-from ..program import Program
-from ..shapes import form, form_mul, form_text, resolve, size
+from ..shapes import resolve
 from . import library, native
-from .layout import ZERO, Layout, Scratch, View, c_strides
-from .loops import KernelCode, copy_code, describe, kernel_code
-from .source import Source
+from .steps import SPEC_FORMAT, StepBuilder, base_label, base_names, bits, debug_namespace, evaluate, render, unnpy
 from .threads import Governor
 
 # Work (elements, ten per transcendental) below which a parallel kernel gains nothing here: a
@@ -39,21 +32,6 @@ from .threads import Governor
 # Measured: W4 (1e6 elements, tanh and sigmoid, 40e6) runs 1.9x faster on 2 threads; the
 # transformer's biggest loops (<= 3.2e6 at batch 64) gained nothing.
 PARALLEL_MIN = 8_000_000
-SYMBOLIC_GUESS = 256    # a symbolic dim's size when judging whether BLAS needs threads
-BLAS_THREADED_FLOPS = 1 << 22  # smaller matmuls run on one thread whatever the setting
-SPEC_FORMAT = 1
-
-HEADER = """\
-# graphc {version}: one training step for the CPU.
-# Each kernel is compiled once by Numba as a C function over raw pointers (cpu_abi.py) and kept
-# in graphc's kernel library, shared by every model with the same structure. `step` makes the
-# calls a native driver makes, in order: k(A, B) with A the call's arguments and B the bases.
-import numpy as np
-
-from graphc.backends.cpu_math import gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh  # noqa: F401
-
-ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
-"""
 
 
 def graphc_hash() -> str:
@@ -68,190 +46,6 @@ def graphc_hash() -> str:
 
 
 _HASH: list = []
-
-
-# --- forms and slots in JSON ---------------------------------------------------------------------
-def jform(f) -> list:
-    return [[list(k), c] for k, c in sorted(form(dict(f)).items())]
-
-
-def _eval(jf: list, env: dict) -> int:
-    return sum(c * prod(env[n] for n in names) for names, c in jf)
-
-
-def _bits(value, dtype: str) -> int:
-    a = np.array([value]).astype(dtype)
-    if a.dtype.kind == "f":
-        return int(a.view(np.int32 if a.dtype == np.float32 else np.int64)[0])
-    return int(a.astype(np.int64)[0])
-
-
-def _npy(a: np.ndarray) -> str:
-    buf = io.BytesIO()
-    np.save(buf, np.array(a, order="C"), allow_pickle=False)  # (ascontiguousarray makes 0-d 1-d)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _unnpy(s: str) -> np.ndarray:
-    return np.load(io.BytesIO(base64.b64decode(s)), allow_pickle=False)
-
-
-class _Guess(dict):
-    def __missing__(self, key):
-        return SYMBOLIC_GUESS
-
-
-# --- cold: program -> spec ---------------------------------------------------------------------
-class StepBuilder:
-    """Lays out a program and writes its calls: kernels, copies, outputs, update commits."""
-
-    def __init__(self, prog: Program, inputs: list[Node], params: list[Node]):
-        self.prog, self.inputs, self.params = prog, inputs, params
-        self.layout = Layout(prog, inputs, params)
-        self.calls: list[dict] = []
-        self.kernels: dict[str, str] = {}
-
-    def add(self, code: KernelCode, kernel: int | None, comment: list[str], scratch: Scratch, work=None) -> None:
-        need: dict = {}
-        for dt, n in scratch.items:
-            need[dt] = need.get(dt, form(0)) + form(n)
-            self.layout.need_ws(dt)
-        key = library.kernel_key(code.source)
-        self.kernels[key] = code.source
-        call = {"key": key, "pkey": None, "work": None, "kernel": kernel, "comment": comment, "doc": code.doc,
-                "scratch": {dt: jform(f) for dt, f in need.items()}, "slots": [self._slot(s) for s in code.slots]}
-        if code.parallel_source is not None:
-            call["pkey"] = library.kernel_key(code.parallel_source)
-            call["work"] = jform(sum((form_mul(form(size(shape)), w) for shape, w in work), form(0)))
-            self.kernels[call["pkey"]] = code.parallel_source
-        self.calls.append(call)
-
-    @staticmethod
-    def _slot(s: tuple) -> list:
-        if s[0] == "int":
-            return ["int", jform(dict(s[1]))]
-        if s[0] == "base":
-            return ["base", list(s[1])]
-        if s[0] == "bits":
-            return ["bits", _bits(s[2], s[1]), s[1], s[2]]
-        return ["count", s[1], list(s[2])]
-
-    def build(self) -> dict:
-        prog, layout = self.prog, self.layout
-        shared = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
-        for k in prog.kernels:
-            code = kernel_code(k, layout, prog.memory.inplace, shared)
-            head = f"kernel {k.index}: {k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else "")
-            for src, tmp in code.scratch.copies:
-                self.add(copy_code(src, tmp, "a view copied contiguous"), k.index,
-                         [f"kernel {k.index} reads a strided view contiguous: copied first"], code.scratch)
-            self.add(code, k.index, [head] + [f"  {describe(n)}" for n in k.nodes], code.scratch, k.loop_work())
-        final = Scratch()
-        outputs = self.outputs(final)
-        self.commits(final)
-        big = any(k.kind == "matmul" and k.flops(_Guess()) >= BLAS_THREADED_FLOPS for k in prog.kernels)
-        return {
-            "format": SPEC_FORMAT,
-            "params": [[p.dtype.name, list(p.shape)] for p in self.params], "n_inputs": len(self.inputs),
-            "param_dtypes": layout.param_dtypes, "ws_dtypes": layout.ws_dtypes,
-            "ws_end": {dt: jform(f) for dt, f in layout.ws_end.items()},
-            "consts": [_npy(c.attrs["value"]) for c in layout.consts],
-            "kernels": self.kernels, "calls": self.calls, "outputs": outputs,
-            "blas_threads": big, "n_kernels": len(prog.kernels),
-            "doc": f"The whole step: {len(prog.kernels)} kernels. Inputs: "
-                   + (", ".join(f"{x.name} {x.dtype.name}{tuple(x.shape)}" for x in self.inputs) or "none") + ".",
-        }
-
-    def outputs(self, final: Scratch) -> list:
-        """Outputs that are sources are copied in Python before the step; the others by copy
-        calls, which run before any commit overwrites a param (outputs see the old params)."""
-        out, n_out = [], 0
-        pos_in = {x.id: j for j, x in enumerate(self.inputs)}
-        pos_p = {p.id: j for j, p in enumerate(self.params)}
-        for o in self.prog.roots[:self.prog.n_outputs]:
-            if o.op.name == "param":
-                out.append(["param", pos_p[o.id]])
-            elif o.op.name == "input":
-                out.append(["input", pos_in[o.id]])
-            elif o.op.name == "constant":
-                out.append(["const", _npy(o.attrs["value"])])
-            elif o.op.name == "count":
-                out.append(["count", o.dtype.name, list(o.attrs["dims"])])
-            else:
-                src = self.layout.view(o, final)
-                dst = View(("out", n_out), ZERO, c_strides(o.shape), tuple(o.shape), o.dtype.name)
-                self.add(copy_code(src, dst, "an output"), None, [f"output {len(out)}: {describe(o)}"], final)
-                out.append(["out", o.dtype.name, [jform(form(d)) for d in o.shape]])
-                n_out += 1
-        return out
-
-    def commits(self, final: Scratch) -> None:
-        """Updates not written in place, copied into their params at the end of the step;
-        values that are params another update overwrites are staged first (so swaps work)."""
-        prog, layout = self.prog, self.layout
-        copies = [(p, e) for p, e in prog.updates if e.id not in prog.memory.inplace]
-        targets = {p.id for p, _ in copies}
-        staged = {}
-        for p, e in copies:
-            if base_of(e)[0].id in targets:
-                tmp = final.take(e.dtype.name, tuple(e.shape), layout.ws_end)
-                self.add(copy_code(layout.view(e, final), tmp, "a staged update"), None,
-                         [f"stage the update of {p.name}: it reads a param another update overwrites"], final)
-                staged[p.id] = tmp
-        for p, e in copies:
-            src = staged.get(p.id) or layout.view(e, final)
-            self.add(copy_code(src, layout.buffer(p), "an update"), None, [f"update of {p.name} ({describe(e)})"], final)
-
-
-# --- the generated module, as text ---------------------------------------------------------------
-def render(spec: dict, dims: list[str], keys: list[str] | None = None) -> str:
-    """The module ``f.source`` shows: every kernel the step calls, then ``step``. ``keys`` are
-    the kernels a plan chose (parallel variants for big dims); by default the serial ones."""
-    keys = keys or [c["key"] for c in spec["calls"]]
-    used = list(dict.fromkeys(keys))
-    users: dict[str, list] = {}
-    for c, key in zip(spec["calls"], keys):
-        users.setdefault(key, []).append(c["kernel"])
-    parts = [HEADER.format(version=__version__)]
-    for key in used:
-        who = sorted({k for k in users[key] if k is not None})
-        note = f"# {library.function_name(key)}: kernel{'s' if len(who) > 1 else ''} {', '.join(map(str, who))}" \
-            if who else f"# {library.function_name(key)}"
-        parts.append(note + "\n" + library.named(spec["kernels"][key], key))
-    s = Source()
-    with s.block(f"def step(B{''.join(', ' + d for d in dims)}):"):
-        s(f'"""{spec["doc"]}"""')
-        names = base_names(spec)
-        s(f"{', '.join(names)} = range({len(names)})  # indexes of the bases in B")
-        for c, key in zip(spec["calls"], keys):
-            for line in c["comment"]:
-                s("# " + line)
-            args = ", ".join(_slot_text(x, names) for x in c["slots"])
-            s(f"{library.function_name(key)}(np.array([{args}], np.int64), B)")
-    parts.append(s.text())
-    return "\n\n".join(parts)
-
-
-def base_names(spec: dict) -> list[str]:
-    outs = sum(1 for o in spec["outputs"] if o[0] == "out")
-    return ([f"P_{d}" for d in spec["param_dtypes"]] + [f"W_{d}" for d in spec["ws_dtypes"]]
-            + [f"K{j}" for j in range(len(spec["consts"]))] + [f"in{j}" for j in range(spec["n_inputs"])]
-            + [f"out{j}" for j in range(outs)])
-
-
-def _base_label(base: list) -> str:
-    kind, x = base
-    return {"arena": f"P_{x}", "ws": f"W_{x}", "const": f"K{x}", "in": f"in{x}", "out": f"out{x}"}[kind]
-
-
-def _slot_text(s: list, names: list[str]) -> str:
-    if s[0] == "int":
-        return form_text({tuple(k): c for k, c in s[1]})
-    if s[0] == "base":
-        return _base_label(s[1])
-    if s[0] == "bits":
-        return f"bits({s[3]!r}, np.{s[2]})"
-    return f"bits({' * '.join(map(str, s[2])) or '1'}, np.{s[1]})"
 
 
 class _Plan:
@@ -275,7 +69,7 @@ class CpuProgram:
             spec = StepBuilder(fn.program, self.inputs, self.params).build()
         self.spec = spec
         self.labels = {name: j for j, name in enumerate(base_names(spec))}
-        self.consts = [_unnpy(c) for c in spec["consts"]]
+        self.consts = [unnpy(c) for c in spec["consts"]]
         self.outputs = spec["outputs"]
         self.all_out = all(o[0] == "out" for o in self.outputs)
         self._addr: dict[str, int] = {}
@@ -343,12 +137,12 @@ class CpuProgram:
     def _resolve(self, slot: list, env: dict) -> int:
         kind = slot[0]
         if kind == "int":
-            return _eval(slot[1], env)
+            return evaluate(slot[1], env)
         if kind == "base":
-            return self.labels[_base_label(slot[1])]
+            return self.labels[base_label(slot[1])]
         if kind == "bits":
             return slot[1]
-        return _bits(prod(resolve(tuple(slot[2]), env)), slot[1])
+        return bits(prod(resolve(tuple(slot[2]), env)), slot[1])
 
     def plan(self, env: dict) -> _Plan:
         key = tuple(map(env.__getitem__, self.dims))
@@ -357,14 +151,14 @@ class CpuProgram:
             return got
         spec, pl = self.spec, _Plan()
         calls = spec["calls"]
-        scratch = {dt: max((_eval(c["scratch"][dt], env) for c in calls if dt in c["scratch"]), default=0)
+        scratch = {dt: max((evaluate(c["scratch"][dt], env) for c in calls if dt in c["scratch"]), default=0)
                    for dt in spec["ws_dtypes"]}
-        pl.workspace = [np.empty(_eval(spec["ws_end"].get(dt, []), env) + scratch[dt], dt) for dt in spec["ws_dtypes"]]
+        pl.workspace = [np.empty(evaluate(spec["ws_end"].get(dt, []), env) + scratch[dt], dt) for dt in spec["ws_dtypes"]]
         bases = self.arenas + pl.workspace + self.consts
         pl.template = np.array([b.ctypes.data for b in bases], np.int64)
         pl.keys, args = [], []
         for c in calls:
-            par = c["pkey"] is not None and _eval(c["work"], env) >= PARALLEL_MIN
+            par = c["pkey"] is not None and evaluate(c["work"], env) >= PARALLEL_MIN
             pl.keys.append(c["pkey"] if par else c["key"])
             args.append([self._resolve(s, env) for s in c["slots"]])
         pl.parallel = any(k != c["key"] for k, c in zip(pl.keys, calls))
@@ -377,7 +171,7 @@ class CpuProgram:
             at += len(a)
         pl.plan = np.array(head + table + blocks, np.int64)
         pl.addr = pl.plan.ctypes.data  # (.ctypes costs a microsecond: not per call)
-        pl.outs = [(tuple(_eval(d, env) for d in o[2]), np.dtype(o[1])) for o in self.outputs if o[0] == "out"]
+        pl.outs = [(tuple(evaluate(d, env) for d in o[2]), np.dtype(o[1])) for o in self.outputs if o[0] == "out"]
         if pl.parallel and not self.governor.parallel:
             self.governor = Governor(self.governor.threads, blas=self.governor.blas, parallel=True)
         self._plans[key] = pl
@@ -420,7 +214,7 @@ class CpuProgram:
             elif kind == "input":
                 res.append(np.array(args[o[1]], copy=True))
             elif kind == "const":
-                res.append(_unnpy(o[1]))
+                res.append(unnpy(o[1]))
             else:
                 res.append(np.array(prod(resolve(tuple(o[2]), env)), o[1]))
         return res
@@ -430,7 +224,7 @@ class CpuProgram:
         B = [flat(b) for b in self.arenas + pl.workspace + self.consts + args + outs]
         key = tuple(pl.keys)
         if key not in self._debug_ns:
-            self._debug_ns[key] = _debug_namespace(render(self.spec, self.dims, pl.keys))
+            self._debug_ns[key] = debug_namespace(render(self.spec, self.dims, pl.keys))
         self._debug_ns[key]["step"](B, **{d: env[d] for d in self.dims})
 
     def profile(self, arrays: list[np.ndarray], env: dict, repeat: int = 20) -> list[float]:
@@ -473,13 +267,13 @@ def _step_key(fn) -> str:
     return structure_key(fn.outputs + [e for _, e in fn.updates], fn.inputs, fn.all_params, extra)
 
 
-def _debug_namespace(source: str) -> dict:
-    from . import cpu_abi
-    ns: dict = {"__name__": "graphc_debug", "prange": range,
-                "bits": lambda v, dt: _bits(v, np.dtype(dt).name), "nan": np.nan, "inf": np.inf}
-    ns.update(cpu_abi.DEBUG)
-    exec(compile(source, "<graphc debug step>", "exec"), ns)
-    return ns
+def _step_key(fn) -> str:
+    """The step's cache key: the graph before passes, the compiler, the kernel toolchain."""
+    from ..graph import structure_key
+    ups = {p.id: k for k, p in enumerate(fn.all_params)}
+    extra = repr(("cpu", SPEC_FORMAT, fn.optimize, len(fn.outputs), [ups[p.id] for p, _ in fn.updates],
+                  graphc_hash(), library.kernel_key("")))
+    return structure_key(fn.outputs + [e for _, e in fn.updates], fn.inputs, fn.all_params, extra)
 
 
-__all__ = ["CpuProgram", "StepBuilder", "render"]
+__all__ = ["CpuProgram", "PARALLEL_MIN"]
