@@ -19,6 +19,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from ..errors import GraphcError
@@ -190,6 +191,7 @@ def ensure(kernels: dict[str, str], stats: dict | None = None, workers: bool | N
         mine, theirs = todo, []
         use_workers = workers if workers is not None else (
             len(todo) >= WORKER_MIN and sys.platform.startswith("linux") and _free_cores() >= 1
+            and threading.current_thread() is threading.main_thread()
             and os.environ.get("GRAPHC_COMPILE_WORKERS", "1") != "0")
         proc = None
         if use_workers:
@@ -202,7 +204,11 @@ def ensure(kernels: dict[str, str], stats: dict | None = None, workers: bool | N
             ctx = mp.get_context("fork")
             parent, child = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_worker, args=(theirs, child), daemon=True)
-            proc.start()
+            with warnings.catch_warnings():
+                # Python 3.12+ warns on fork with native threads alive (OpenBLAS's, OpenMP's); the
+                # child only compiles and writes files, never touches those pools, then _exits.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                proc.start()
             child.close()
             stats["workers"] = 1
         for key, source in mine:

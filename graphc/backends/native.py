@@ -74,8 +74,9 @@ def blas() -> ctypes.CDLL:
             spec = importlib.util.find_spec("scipy")
             libs = []
             if spec is not None and spec.submodule_search_locations:
-                root = os.path.dirname(list(spec.submodule_search_locations)[0])
-                libs = sorted(glob.glob(os.path.join(root, "scipy.libs", "libscipy_openblas*")))
+                pkg = list(spec.submodule_search_locations)[0]  # wheels: scipy.libs (Linux, Windows), .dylibs (macOS)
+                libs = sorted(glob.glob(os.path.join(os.path.dirname(pkg), "scipy.libs", "*scipy_openblas*"))
+                              + glob.glob(os.path.join(pkg, ".dylibs", "*scipy_openblas*")))
             if not libs:
                 raise GraphcError("target='cpu' needs the OpenBLAS that SciPy's wheels ship "
                                   "(scipy.libs/libscipy_openblas*); install scipy from PyPI")
