@@ -12,6 +12,7 @@ them as views or as index arithmetic. networkx keeps merges free of cycles.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from math import prod
 
@@ -24,6 +25,10 @@ VIEWS = {"reshape", "transpose", "broadcast_to", "slice", "stop_gradient"}
 # Operands these ops do not read at the output's own index (so they must come from outside).
 UNALIGNED = {"one_hot": (0,), "pick": (0, 1)}
 TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "sigmoid", "softplus", "sqrt", "pow"}
+# A kernel's compile time grows with its body: longer chains are cut into kernels of this many ops
+# (one pass over memory each), and kernels read or write at most MAX_KERNEL_BUFFERS buffers.
+MAX_KERNEL_OPS = 128
+MAX_KERNEL_BUFFERS = 64
 
 
 def node_class(n: Node) -> str:
@@ -135,6 +140,8 @@ class _Group:
 
 def _combine(a: _Group, b: _Group) -> tuple[str, tuple, tuple] | str:
     """Kind, domain and reduced axes of a merge, or why it cannot be."""
+    if len(a.nodes) + len(b.nodes) > MAX_KERNEL_OPS:
+        return f"a kernel holds at most {MAX_KERNEL_OPS} ops (compile time grows with its body)"
     kinds = {a.kind, b.kind}
     if not kinds <= {"loop", "reduce", "matmul"}:
         other = (kinds - {"loop", "reduce", "matmul"}).pop()
@@ -229,6 +236,26 @@ def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
                 if b.id in owner and owner[b.id] != owner[n.id]:
                     G.add_edge(owner[b.id], owner[n.id])
     fused, refused = [], {}
+    # A topological order of the groups, kept valid through merges: a merge is checked for cycles
+    # and the order repaired by one search bounded by the two groups' ranks (near-linear overall).
+    ranked = sorted(groups)
+    rank = {g: k for k, g in enumerate(ranked)}
+    reads = {gid: {base_of(i)[0].id for n in g.nodes for i in n.inputs} for gid, g in groups.items()}
+    # buffers worth sharing in one pass: not single values (a learning rate read by every update)
+    big = {bid for ins in reads.values() for bid in ins} - {n.id for n in order if all(d == 1 for d in n.shape)}
+
+    def reach(a: int, b: int) -> set | None:
+        """Groups ranked between a and b that a reaches; None if a reaches b other than directly."""
+        seen, stack, limit = set(), [c for c in G.successors(a) if c != b], rank[b]
+        while stack:
+            c = stack.pop()
+            if c == b:
+                return None
+            if c in seen or rank[c] > limit:
+                continue
+            seen.add(c)
+            stack.extend(G.successors(c))
+        return seen
 
     def try_merge(a: int, b: int, why: str) -> bool:
         ga, gb = groups[a], groups[b]
@@ -236,19 +263,30 @@ def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
         if isinstance(res, tuple):
             res2 = _check_members(ga.nodes + gb.nodes, *res, where=owner)
             res = res2 if res2 else res
-        if isinstance(res, tuple):
-            for s, t in ((a, b), (b, a)):
-                if any(nx.has_path(G, c, t) for c in G.successors(s) if c != t):
-                    res = "merging would create a cycle through another kernel"
+        if isinstance(res, tuple) and sum(1 for bid in (reads[a] | reads[b]) & big
+                                          if owner.get(bid) not in (a, b)) > MAX_KERNEL_BUFFERS:
+            res = f"a kernel reads at most {MAX_KERNEL_BUFFERS} buffers"
+        first, last = (a, b) if rank[a] < rank[b] else (b, a)
+        after = reach(first, last) if isinstance(res, tuple) else set()
+        if after is None:
+            res = "merging would create a cycle through another kernel"
         if isinstance(res, str):
             refused.setdefault((ga.nodes[-1].op.name, gb.nodes[0].op.name, res), (ga, gb))
             return False
+        # the merged group goes between what first reaches and the rest; first's place stays empty
+        lo, hi = rank[first], rank[last]
+        middle = ranked[lo + 1:hi]
+        ranked[lo:hi + 1] = [-1] + [g for g in middle if g not in after] + [a] + [g for g in middle if g in after]
+        del rank[b]
+        for k in range(lo + 1, hi + 1):
+            rank[ranked[k]] = k
         ga.kind, ga.domain, ga.raxes = res
         ga.nodes += gb.nodes
         for n in gb.nodes:
             owner[n.id] = a
         nx.contracted_nodes(G, a, b, self_loops=False, copy=False)
         del groups[b]
+        reads[a] |= reads.pop(b)
         fused.append(f"{why}: {' '.join(sorted({n.op.name for n in ga.nodes}))} over {fmt_shape(ga.domain)}")
         return True
 
@@ -260,17 +298,36 @@ def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
             b = base_of(i)[0]
             if b.id in owner and owner[b.id] != owner[n.id]:
                 try_merge(owner[b.id], owner[n.id], "producer into consumer")
-    # Siblings: loops over one domain that share an input become one pass.
+    # Siblings: loops over one domain that share an input become one pass. For each group in
+    # order, the groups after it that read one of its inputs are tried in order (an index from
+    # buffers to readers, not every pair).
     changed = fuse
     while changed:
         changed = False
-        ids = sorted(groups)
-        for x in ids:
-            for y in ids:
-                if x < y and x in groups and y in groups and _share_input(groups[x], groups[y]):
-                    gx, gy = groups[x], groups[y]
-                    if gx.kind != "matmul" and gy.kind != "matmul" and gx.domain == gy.domain:
-                        changed |= try_merge(x, y, "siblings sharing inputs")
+        readers: dict[int, set] = {}
+        for gid, ins in reads.items():
+            for bid in ins & big:
+                readers.setdefault(bid, set()).add(gid)
+        for x in sorted(groups):
+            if x not in groups or groups[x].kind == "matmul":
+                continue
+            heap = sorted({y for bid in reads[x] & big for y in readers[bid] if y > x})
+            done: set = set()
+            while heap:
+                y = heapq.heappop(heap)
+                if y in done or y not in groups or y not in rank:
+                    continue
+                done.add(y)
+                gx, gy = groups[x], groups[y]
+                if gy.kind != "matmul" and gx.domain == gy.domain:
+                    new = reads[y] & big
+                    if try_merge(x, y, "siblings sharing inputs"):
+                        changed = True
+                        for bid in new:
+                            readers[bid].add(x)
+                            for z in readers[bid]:
+                                if z > y and z not in done:
+                                    heapq.heappush(heap, z)
     kernels = []
     root_ids = {base_of(r)[0].id for r in roots}  # a root that is a view keeps its buffer
     for k, gid in enumerate(nx.lexicographical_topological_sort(G, key=lambda g: min(n.id for n in groups[g].nodes))):
@@ -298,6 +355,3 @@ def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
     return Schedule(kernels, fused, not_fused)
 
 
-def _share_input(a: _Group, b: _Group) -> bool:
-    ins = lambda g: {base_of(i)[0].id for n in g.nodes for i in n.inputs}
-    return bool(ins(a) & ins(b))
