@@ -314,3 +314,14 @@ def test_every_kernel_compiles_to_ptx_without_f64(tmp_path, monkeypatch):
             assert ".f64" not in ptx, f"{name} computes in float64"
             checked += 1
     assert checked > 40
+
+
+@needs_cuda
+@pytest.mark.parametrize("name, dim", [('x"""\nimport os; os._exit(3)\n"""', "class"), ("x y", "in_x"), ("W\nb", "p0"),
+                                       ("\u2028#", "W_float32")])
+def test_user_names_never_become_code(name, dim):
+    """Names only in escaped comments; identifiers from positions (inputs) and prefixes (dims)."""
+    from test_names import run
+    want = run("numpy", name, name, dim)
+    for a, b in zip(run("cuda", name, name, dim), want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -225,7 +225,7 @@ class CpuProgram:
         key = tuple(pl.keys)
         if key not in self._debug_ns:
             self._debug_ns[key] = debug_namespace(render(self.spec, self.dims, pl.keys))
-        self._debug_ns[key]["step"](B, **{d: env[d] for d in self.dims})
+        self._debug_ns[key]["step"](B, *(env[d] for d in self.dims))
 
     def profile(self, arrays: list[np.ndarray], env: dict, repeat: int = 20) -> list[float]:
         """Median seconds of each kernel (with the copies it needs), run call by call."""

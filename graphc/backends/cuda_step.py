@@ -15,7 +15,7 @@ from ..shapes import linear_form, size
 from . import cuda_math
 from .cuda_codegen import TPB, copy_code, kernel_code
 from .cuda_writer import KernelCode, numel
-from .source import Source
+from .source import Source, comment
 
 HEADER = '''\
 # graphc {version}: one training step for NVIDIA GPUs, compiled with numba.cuda.
@@ -116,8 +116,8 @@ class StepWriter:
             self.names[p.id] = f"p{j}"
         for j, c in enumerate(self.consts):
             self.names[c.id] = f"K{j}"
-        for x in inputs:
-            self.names[x.id] = f"in_{_ident(x.name)}"
+        for j, x in enumerate(inputs):  # identifiers from positions; names only in escaped comments
+            self.names[x.id] = f"in{j}"
         # An in-place update races when other threads read the param or write the same element (a
         # step counter read by every thread): the kernel writes it to U<j>, copied at the end of the step.
         self.staged = [(p, prog.memory.buffers[e_id].node) for e_id, p in prog.memory.inplace.items()
@@ -194,8 +194,9 @@ class StepWriter:
         prog, s = self.prog, Source()
         args = ["B", "X", "P", "K", "I", "U", "S"] + [f"d_{_ident(d)}" for d in self.dims]
         with s.block(f"def step({', '.join(args)}):"):
-            ins = ", ".join(f"{x.name} {x.dtype.name}{tuple(x.shape)}" for x in self.inputs)
-            s(f'"""The whole step: {len(prog.kernels)} kernels. Inputs: {ins or "none"}."""')
+            s(f'"""The whole step: {len(prog.kernels)} kernels."""')
+            for j, x in enumerate(self.inputs):
+                s(f"# in{j}: input {comment(x.name)} {x.dtype.name}{tuple(x.shape)}")
             for tup, names in (("B", self.buffer_names), ("P", [self.names[p.id] for p in self.params]),
                                ("K", [self.names[c.id] for c in self.consts]), ("I", [self.names[x.id] for x in self.inputs]),
                                ("X", [f"X{j}" for j, _ in gathers]), ("U", [f"U{j}" for j in range(len(self.staged))]),

@@ -16,7 +16,7 @@ from ..ir import Node
 from ..passes.fusion import VIEWS, Kernel, base_of
 from .cuda_math import device_name
 from .loops import describe, literal, peel
-from .source import Source
+from .source import Source, comment
 
 
 def dim(d) -> str:
@@ -246,7 +246,7 @@ class KernelWriter:
         top = Source()
         top("@cuda.jit(cache=CACHE)")
         top(f"def {self.name}({', '.join(args)}):")
-        top(f'    """{doc}"""')
+        top(f"    {comment(doc)!r}")  # a string literal: user names cannot end it
         for n in (self.k.nodes if self.k else []):
             top(f"    # {describe(n)}")
         for line in header:

@@ -22,7 +22,7 @@ from ..errors import fmt_site
 from ..ir import Node
 from ..passes.fusion import Kernel, base_of
 from .layout import ONE, ZERO, Layout, Scratch, View, freeze, scalar_constant
-from .source import Source
+from .source import Source, comment
 
 CHUNK = 4096  # float32 sums add blocks of this many terms: error ~(CHUNK + n/CHUNK) ulp, not n
 KERNEL = "KERNEL"  # the function's name in a structural source; the library names it by its hash
@@ -39,7 +39,8 @@ def literal(value, dtype: np.dtype) -> str:
 
 
 def describe(n: Node) -> str:
-    return f"{n.op.name} ({n.phase}, {fmt_site(n.site)})"
+    """The op, its phase and the user's line, safe in a comment."""
+    return comment(f"{n.op.name} ({n.phase}, {fmt_site(n.site)})")
 
 
 def peel(v: Node) -> Node:

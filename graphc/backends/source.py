@@ -23,3 +23,9 @@ class Source:
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+def comment(text: object) -> str:
+    """``text`` made safe inside a ``#`` comment of generated code: whatever could end the line
+    (or the source: NUL) is escaped, so user names and paths never become code."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))

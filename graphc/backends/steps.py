@@ -23,7 +23,7 @@ from ..shapes import form, form_mul, form_text, size
 from . import library
 from .layout import ZERO, Layout, Scratch, View, c_strides
 from .loops import KernelCode, copy_code, describe, kernel_code
-from .source import Source
+from .source import Source, comment
 
 SYMBOLIC_GUESS = 256    # a symbolic dim's size when judging whether BLAS needs threads
 BLAS_THREADED_FLOPS = 1 << 22  # smaller matmuls run on one thread whatever the setting
@@ -130,8 +130,8 @@ class StepBuilder:
             "consts": [_npy(c.attrs["value"]) for c in layout.consts],
             "kernels": self.kernels, "calls": self.calls, "outputs": outputs,
             "blas_threads": big, "n_kernels": len(prog.kernels),
-            "doc": f"The whole step: {len(prog.kernels)} kernels. Inputs: "
-                   + (", ".join(f"{x.name} {x.dtype.name}{tuple(x.shape)}" for x in self.inputs) or "none") + ".",
+            "doc": [f"The whole step: {len(prog.kernels)} kernels."]
+                   + [f"in{j}: input {x.name} {x.dtype.name}{tuple(x.shape)}" for j, x in enumerate(self.inputs)],
         }
 
     def outputs(self, final: Scratch) -> list:
@@ -191,13 +191,15 @@ def render(spec: dict, dims: list[str], keys: list[str] | None = None) -> str:
             if who else f"# {library.function_name(key)}"
         parts.append(note + "\n" + library.named(spec["kernels"][key], key))
     s = Source()
-    with s.block(f"def step(B{''.join(', ' + d for d in dims)}):"):
-        s(f'"""{spec["doc"]}"""')
+    # identifiers come from positions and prefixes only; names appear in escaped comments
+    with s.block(f"def step(B{''.join(', d_' + d for d in dims)}):"):
+        for line in spec["doc"]:
+            s("# " + comment(line))
         names = base_names(spec)
         s(f"{', '.join(names)} = range({len(names)})  # indexes of the bases in B")
         for c, key in zip(spec["calls"], keys):
             for line in c["comment"]:
-                s("# " + line)
+                s("# " + comment(line))
             args = ", ".join(_slot_text(x, names) for x in c["slots"])
             s(f"{library.function_name(key)}(np.array([{args}], np.int64), B)")
     parts.append(s.text())
@@ -218,12 +220,19 @@ def base_label(base: list) -> str:
 
 def _slot_text(s: list, names: list[str]) -> str:
     if s[0] == "int":
-        return form_text({tuple(k): c for k, c in s[1]})
+        return form_text({tuple("d_" + n for n in k): c for k, c in s[1]})
     if s[0] == "base":
         return base_label(s[1])
     if s[0] == "bits":
         return f"bits({s[3]!r}, np.{s[2]})"
-    return f"bits({' * '.join(map(str, s[2])) or '1'}, np.{s[1]})"
+    return f"bits({' * '.join(_dim_text(d) for d in s[2]) or '1'}, np.{s[1]})"
+
+
+def _dim_text(d) -> str:
+    """A dim as an expression over the step's dim arguments (``d_<name>``)."""
+    if isinstance(d, int):
+        return str(d)
+    return " * ".join(f if f.isdigit() else "d_" + f for f in d.split("*"))
 
 
 def debug_namespace(source: str) -> dict:
