@@ -103,7 +103,10 @@ class Function:
         """The optimized program: graph after passes, kernels, memory plan. Built on first use
         (a compiled step loaded from the disk cache runs without it)."""
         if self._prog is None:
-            self._prog = build_program(self.outputs, self.updates, self.optimize)
+            validated = {}  # input id -> bounds its values are checked against before each call
+            for k, bound, _ in self._index_checks:
+                validated.setdefault(self.inputs[k].id, set()).add(bound)
+            self._prog = build_program(self.outputs, self.updates, self.optimize, validated)
         return self._prog
 
     def _find_index_checks(self, order):
@@ -114,7 +117,7 @@ class Function:
             bound = n.op.extra.get("index_bound")
             if bound is None:
                 continue
-            idx = n.inputs[0] if n.op.name == "one_hot" else n.inputs[1]
+            idx = n.inputs[n.op.extra["index_arg"]]
             if idx.id in pos:
                 checks.append((pos[idx.id], bound(n), n))
         return checks

@@ -2,7 +2,7 @@
 Every backend executes the same program."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .graph import toposort
 from .ir import Node
@@ -23,9 +23,24 @@ class Program:
     passes: list[PassStat]
     nodes_before: int
     nodes_after: int
+    checked: set = field(default_factory=set)  # index ops whose kernel checks the index's range
 
 
-def build_program(outputs: list[Node], updates: list[tuple[Node, Node]], optimize_graph: bool = True) -> Program:
+def index_checks(kernels: list, validated: dict) -> set[int]:
+    """Ids of the gathers, scatters, picks and one-hots whose index is computed in the graph (or
+    is an input checked against another bound): compiled code must check them itself."""
+    out = set()
+    for k in kernels:
+        for n in k.nodes:
+            bound = n.op.extra.get("index_bound")
+            if bound is not None and bound(n) not in validated.get(n.inputs[n.op.extra["index_arg"]].id, ()):
+                out.add(n.id)
+    return out
+
+
+def build_program(outputs: list[Node], updates: list[tuple[Node, Node]], optimize_graph: bool = True,
+                  validated: dict | None = None) -> Program:
+    """``validated``: input id -> the index bounds its values are checked against before a call."""
     roots = outputs + [e for _, e in updates]
     before = len(toposort(roots))
     stats: list[PassStat] = []
@@ -33,6 +48,9 @@ def build_program(outputs: list[Node], updates: list[tuple[Node, Node]], optimiz
         roots, stats = optimize(roots)
     sched = schedule(roots, fuse=optimize_graph)
     new_updates = [(p, e) for (p, _), e in zip(updates, roots[len(outputs):])]
-    mem = plan_memory(sched.kernels, roots, new_updates)
+    checked = index_checks(sched.kernels, validated or {})
+    # A bad index is found while the step runs: no param may change before the step is known good,
+    # so with checks in kernels every update is committed after the last kernel.
+    mem = plan_memory(sched.kernels, roots, new_updates, inplace=not checked)
     return Program(roots, len(outputs), new_updates, sched.kernels, mem, sched.fused, sched.not_fused,
-                   stats, before, len(toposort(roots)))
+                   stats, before, len(toposort(roots)), checked)

@@ -325,3 +325,17 @@ def test_user_names_never_become_code(name, dim):
     want = run("numpy", name, name, dim)
     for a, b in zip(run("cuda", name, name, dim), want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", ["pick of y - 1", "take of y + 3", "one_hot of 2y"])
+def test_computed_index_out_of_range_raises_and_commits_nothing(case):
+    from test_index_checks import CASES
+    build, good, bad, value, ops = CASES[case]
+    f, param, call = build("cuda", {})
+    call(good)
+    before = param.value.copy()
+    with pytest.raises(gc.GraphcError, match=rf"^({ops}) \(test_index_checks.py:\d+\): index {value} is out of range"):
+        call(bad)
+    np.testing.assert_array_equal(param.value, before)
+    call(good)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..errors import GraphcError
 from ..shapes import resolve
 from . import library, native
 from .steps import SPEC_FORMAT, StepBuilder, base_label, base_names, bits, debug_namespace, evaluate, render, unnpy
@@ -71,6 +72,7 @@ class CpuProgram:
         self.labels = {name: j for j, name in enumerate(base_names(spec))}
         self.consts = [unnpy(c) for c in spec["consts"]]
         self.outputs = spec["outputs"]
+        self.errors = np.zeros(2, np.int64)  # a failed index check: (its number + 1, the index)
         self.all_out = all(o[0] == "out" for o in self.outputs)
         self._addr: dict[str, int] = {}
         self._plans: dict[tuple, _Plan] = {}
@@ -154,7 +156,7 @@ class CpuProgram:
         scratch = {dt: max((evaluate(c["scratch"][dt], env) for c in calls if dt in c["scratch"]), default=0)
                    for dt in spec["ws_dtypes"]}
         pl.workspace = [np.empty(evaluate(spec["ws_end"].get(dt, []), env) + scratch[dt], dt) for dt in spec["ws_dtypes"]]
-        bases = self.arenas + pl.workspace + self.consts
+        bases = self.arenas + pl.workspace + self.consts + [self.errors]
         pl.template = np.array([b.ctypes.data for b in bases], np.int64)
         pl.keys, args = [], []
         for c in calls:
@@ -163,7 +165,7 @@ class CpuProgram:
             args.append([self._resolve(s, env) for s in c["slots"]])
         pl.parallel = any(k != c["key"] for k, c in zip(pl.keys, calls))
         n = pl.n_calls = len(calls)
-        head = [n, pl.template.ctypes.data, len(bases)]
+        head = [n, pl.template.ctypes.data, len(bases), self.errors.ctypes.data if spec["checks"] else 0]
         table, blocks, at = [], [], native.PLAN_HEAD + 2 * n
         for k, a in zip(pl.keys, args):
             table += [0 if self.debug else self._address(k), at]
@@ -198,10 +200,21 @@ class CpuProgram:
                 t = time.perf_counter()
                 self._run(pl.addr, tuple(args + outs), 0, pl.n_calls)
                 gov.after(time.perf_counter() - t)
+        if self.errors[0]:
+            self._index_error()
         if before is None:
             return outs
         it = iter(outs)
         return [next(it) if b is None else b for b in before]
+
+    def _index_error(self):
+        """A kernel found an index out of range and the driver stopped after it: nothing was
+        committed (steps with such checks update params only after their last kernel)."""
+        j, value = int(self.errors[0]) - 1, int(self.errors[1])
+        self.errors[:] = 0
+        op, site, bound = self.spec["checks"][j]
+        n = evaluate(bound, self.fn._last_env or {})
+        raise GraphcError(f"{op} ({site}): index {value} is out of range [0, {n})")
 
     def _source_outputs(self, args: list, env: dict) -> list:
         res = []
@@ -221,7 +234,7 @@ class CpuProgram:
 
     def _debug_call(self, pl: _Plan, args: list, outs: list, env: dict) -> None:
         flat = lambda a: (a.view(np.uint8) if a.dtype == np.bool_ else a).reshape(-1)
-        B = [flat(b) for b in self.arenas + pl.workspace + self.consts + args + outs]
+        B = [flat(b) for b in self.arenas + pl.workspace + self.consts + [self.errors] + args + outs]
         key = tuple(pl.keys)
         if key not in self._debug_ns:
             self._debug_ns[key] = debug_namespace(render(self.spec, self.dims, pl.keys))

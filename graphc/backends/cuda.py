@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GraphcError, InputError
+from ..errors import GraphcError, InputError, fmt_site
 from ..ir import Node, _ParamStore
 from ..passes.fusion import base_of
 from ..program import Program
@@ -127,6 +127,7 @@ class CudaProgram:
                             for c in self.writer.consts)
         self.staged = tuple(self.cuda.device_array(max(int(np.prod(p.shape)), 1), p.dtype) for p, _ in self.writer.staged)
         self.scratch = tuple(self.cuda.to_device(np.zeros(n, dt)) for dt, n in self.writer.scratch)
+        self.errors = self.cuda.to_device(np.zeros(2, np.int64))  # a failed index check: (its number, the index)
         self._workspaces: dict[tuple, tuple] = {}
         self._inputs: dict[tuple, Any] = {}
         self.compile_seconds = time.perf_counter() - t0  # kernels compile at their first launch
@@ -177,8 +178,15 @@ class CudaProgram:
         B, X = self._workspace(key, env)
         if self.device_arrays:  # the caller keeps the results: fresh arrays every call
             X = self._staging(env)
-        res = self.module.step(B, X, P, self.consts, tuple(self._input(j, a) for j, a in enumerate(arrays)), self.staged,
-                               self.scratch, *key)
+        try:
+            res = self.module.step(B, X, P, self.consts, tuple(self._input(j, a) for j, a in enumerate(arrays)),
+                                   self.staged, self.scratch, self.errors, *key)
+        except self.module.IndexOutOfRange:
+            j, value = (int(v) for v in self.errors.copy_to_host())
+            self.errors.copy_to_device(np.zeros(2, np.int64))
+            n = self.writer.checks[j - 1]
+            bound = resolve((n.op.extra["index_bound"](n),), env)[0]
+            raise GraphcError(f"{n.op.name} ({fmt_site(n.site)}): index {value} is out of range [0, {bound})") from None
         for p, _ in self.program.updates:
             p._param.updated()
         return [self._output(how, o, r, env) for (how, o), r in zip(self.writer.outputs, res)]

@@ -227,7 +227,7 @@ def _gather(g: KernelWriter, k: Kernel) -> None:
         ax = g.ax
         if name in ("take", "scatter_add"):
             axis, idx = n.attrs["axis"], n.inputs[1]
-            at = g.load(idx, ax[axis:axis + idx.ndim])
+            at = g.checked(n, g.load(idx, ax[axis:axis + idx.ndim]))
             s(f"j = {at}")
             tgt = ax[:axis] + ["j"] + ax[axis + idx.ndim:]
             if name == "take":
@@ -260,9 +260,11 @@ def _gather(g: KernelWriter, k: Kernel) -> None:
             raise NotImplementedError(f"no CUDA lowering for {name}")
 
 
-def kernel_code(k: Kernel, name: str, skip_writes: set[int]) -> KernelCode:
-    """``skip_writes``: outputs nobody reads (a matmul's raw product under its epilogue)."""
-    g = KernelWriter(k, name, skip_writes)
+def kernel_code(k: Kernel, name: str, skip_writes: set[int], sites: list | None = None,
+                checked: set = frozenset()) -> KernelCode:
+    """``skip_writes``: outputs nobody reads (a matmul's raw product under its epilogue);
+    ``checked``: index ops to range-check, numbered in ``sites`` across the step."""
+    g = KernelWriter(k, name, skip_writes, sites, checked)
     kinds = ", ".join(sorted({n.op.name for n in k.nodes}))
     dom = f"{k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else "")
     {"loop": _loop, "reduce": _reduce, "matmul": _matmul}.get(k.kind, _gather)(g, k)

@@ -57,6 +57,10 @@ def tiles(nb, m, n, t):
     return ((n + t - 1) // t, max(1, (m + t - 1) // t), max(1, min(nb, 65535))), (t, t)
 
 
+class IndexOutOfRange(Exception):
+    """A kernel's range check failed: E holds (the check's number, the index)."""
+
+
 @cuda.jit(cache=CACHE)
 def fill0(n, o):
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
@@ -142,11 +146,12 @@ class StepWriter:
 
     def write(self) -> str:
         prog = self.prog
+        self.checks: list[Node] = []  # index ops whose kernels range-check a computed index, by number
         read_later = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
         codes: list[tuple[Kernel | None, KernelCode]] = []
         for k in prog.kernels:
             skip = {o.id for o in k.outputs if o.op.kind == "matmul" and o.id not in read_later}
-            codes.append((k, kernel_code(k, f"k{k.index}_{k.kind}", skip)))
+            codes.append((k, kernel_code(k, f"k{k.index}_{k.kind}", skip, self.checks, prog.checked)))
         gathers = [(j, copy_code(o, f"out{j}_copy", f"output {j}"))
                    for j, (how, o) in enumerate(self.outputs) if how == "gather"]
         copies = [(p, e) for p, e in prog.updates if e.id not in prog.memory.inplace] + self.staged
@@ -192,7 +197,7 @@ class StepWriter:
 
     def step(self, codes, gathers, update_codes) -> str:
         prog, s = self.prog, Source()
-        args = ["B", "X", "P", "K", "I", "U", "S"] + [f"d_{_ident(d)}" for d in self.dims]
+        args = ["B", "X", "P", "K", "I", "U", "S", "E"] + [f"d_{_ident(d)}" for d in self.dims]
         with s.block(f"def step({', '.join(args)}):"):
             s(f'"""The whole step: {len(prog.kernels)} kernels."""')
             for j, x in enumerate(self.inputs):
@@ -208,6 +213,10 @@ class StepWriter:
                 for z in code.zero_first:
                     s(f"fill0[launch({numel(z.shape)})]({numel(z.shape)}, {self.names[z.id]})")
                 s(self.call(code, [self.names[w.id] for w in code.writes]))
+            if self.checks:
+                s("# an index found out of range by a kernel above: stop before any output or update")
+                with s.block("if E.copy_to_host()[0]:"):
+                    s("raise IndexOutOfRange()")
             if gathers:
                 s("# outputs that are views of params, inputs or strided buffers: copied before the updates")
             for j, code in gathers:
@@ -233,7 +242,7 @@ class StepWriter:
         args = list(code.syms) + [self.names[base_of(v)[0].id] for v in code.reads]
         args += [f"np.{c.dtype.name}({numel(c.attrs['dims'])})" for c in code.scalars] + writes
         first = sum(len(c.scratch) for c in self.codes[:self.codes.index(code)])
-        args += [f"S{first + j}" for j in range(len(code.scratch))]
+        args += [f"S{first + j}" for j in range(len(code.scratch))] + (["E"] if code.checks else [])
         return f"{code.name}[{code.launch}]({', '.join(args)})"
 
 

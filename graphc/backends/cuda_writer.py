@@ -51,13 +51,16 @@ class KernelCode:
     writes: list[Node] = field(default_factory=list)    # buffers written
     zero_first: list[Node] = field(default_factory=list)  # written by atomic adds: zero them first
     scratch: list[tuple] = field(default_factory=list)    # (dtype, size) of zeroed device arrays it keeps
+    checks: bool = False                                  # range-checks computed indices (takes E)
 
 
 class KernelWriter:
     """One kernel. ``ax`` names the index variable of each axis of the current domain."""
 
-    def __init__(self, k: Kernel | None, name: str, skip_writes: set[int]):
+    def __init__(self, k: Kernel | None, name: str, skip_writes: set[int], sites: list | None = None,
+                 checked: set = frozenset()):
         self.k, self.name = k, name
+        self.sites, self.checked_ids = sites if sites is not None else [], checked
         self.inside = {n.id for n in k.nodes} if k else set()
         self.out_ids = {o.id for o in k.outputs if o.id not in skip_writes} if k else set()
         self.code = KernelCode(name, "", "")
@@ -200,14 +203,34 @@ class KernelWriter:
         if n.op.name == "one_hot":
             return self.load(v, self.index(v.shape, lead))
         if n.op.name == "pick" and pos == 0:  # z[..., idx[...]]
-            return self.load(v, self.index(v.shape[:-1], lead) + [_paren(self.read(n, 1, val))])
+            return self.load(v, self.index(v.shape[:-1], lead) + [self.checked(n, self.read(n, 1, val))])
         return self.load(v, self.index(v.shape))
+
+    def checked(self, n: Node, index: str) -> str:
+        """``index``, range-checked when ``n``'s index is computed in the graph: out of range, the
+        thread records the check's number and the value in ``E`` and reads index 0 instead; the
+        step looks at ``E`` before it commits any update."""
+        if n.id not in self.checked_ids:
+            return _paren(index)
+        ids = [m.id for m in self.sites]  # (not `in`: == on nodes builds a graph op)
+        if n.id not in ids:
+            self.sites.append(n)
+            ids.append(n.id)
+        self.code.checks = True
+        var = f"ix{next(self.tmp)}"
+        self.s(f"{var} = {index}")
+        with self.s.block(f"if {var} < 0 or {var} >= {self.d(n.op.extra['index_bound'](n))}:"):
+            with self.s.block("if E[0] == 0:"):  # the first failure is the one reported
+                self.s(f"E[0] = {ids.index(n.id) + 1}")
+                self.s(f"E[1] = {var}")
+            self.s(f"{var} = 0")
+        return var
 
     def expr(self, n: Node, val: dict) -> str:
         args = [self.read(n, i, val) for i in range(len(n.inputs))]
         name = n.op.name
         if name == "one_hot":
-            return f"np.{n.dtype.name}({args[0]} == {self.ax[-1]})"
+            return f"np.{n.dtype.name}({self.checked(n, args[0])} == {self.ax[-1]})"
         if name == "pick":
             return args[0]
         if name == "cast":
@@ -242,7 +265,7 @@ class KernelWriter:
         syms = sorted(symbols(self.shapes))
         args = syms + [f"a{j}" for j in range(len(self.code.reads))] + \
             [f"c{j}" for j in range(len(self.code.scalars))] + [f"o{j}" for j in range(len(self.code.writes))] + \
-            [f"s{j}" for j in range(len(self.code.scratch))]
+            [f"s{j}" for j in range(len(self.code.scratch))] + (["E"] if self.code.checks else [])
         top = Source()
         top("@cuda.jit(cache=CACHE)")
         top(f"def {self.name}({', '.join(args)}):")

@@ -62,6 +62,7 @@ class KernelCode:
     scratch: Scratch = field(default_factory=Scratch)
     parallel_source: str | None = None             # the same kernel with its outer loop in prange
     doc: str = ""
+    checks: list = field(default_factory=list)     # index ops it range-checks: ("check", j) slots
 
 
 class KernelWriter:
@@ -79,6 +80,8 @@ class KernelWriter:
         self.src = Source()
         self.src.depth = 1
         self.parallel = False
+        self.checks: list[Node] = []
+        self.nj = 0
 
     # -- the argument block ------------------------------------------------------------
     def slot(self, spec) -> str:
@@ -156,12 +159,33 @@ class KernelWriter:
     def loop(self, var: str, n: str, parallel: bool = False):
         return self.src.block(f"for {var} in {'prange' if parallel else 'range'}({n}):")
 
+    def checked(self, n: Node, index: str) -> str:
+        """``index``, range-checked when ``n``'s index is computed in the graph: out of range, the
+        kernel records which check failed and the value in the error word (``E``), reads index 0
+        instead (nothing outside the buffers is touched) and the driver stops after this call."""
+        if self.layout is None or n.id not in self.layout.prog.checked:
+            return _p(index)
+        ids = [m.id for m in self.checks]  # (not `in`: == on nodes builds a graph op)
+        if n.id not in ids:
+            self.checks.append(n)
+            ids.append(n.id)
+        var = f"ix{self.nj}"
+        self.nj += 1
+        err = self.ptr(View(("err", 0), ZERO, (), (), "int64"), "e")
+        bound = self.dim(n.op.extra["index_bound"](n))
+        self.src(f"{var} = {index}  # the index of {n.op.name}")
+        with self.src.block(f"if {var} < 0 or {var} >= {bound}:"):
+            self.src(f"{err}[0] = {self.slot(('check', ids.index(n.id)))}")
+            self.src(f"{err}[1] = {var}")
+            self.src(f"{var} = 0")
+        return var
+
     def finish(self, doc: str) -> KernelCode:
         s = Source()
         with s.block(f"def {KERNEL}(A, B):"):
             s(f'"""{doc}"""')
         text = s.text() + self.pro.text() + self.src.text()
-        return KernelCode(text, self.slots, self.scratch, doc=doc)
+        return KernelCode(text, self.slots, self.scratch, doc=doc, checks=self.checks)
 
 
 class LoopWriter(KernelWriter):
@@ -226,7 +250,7 @@ class LoopWriter(KernelWriter):
             return self.load(view, self.index(v.shape, self.r - n.ndim))
         if n.op.name == "pick" and pos == 0:
             rows = self.index(v.shape[:-1], self.r - n.ndim)
-            return self.load(view, rows + [_p(self.read(n, 1, val))])
+            return self.load(view, rows + [self.checked(n, self.read(n, 1, val))])
         return self.load(view, self.index(v.shape))
 
     def expr(self, n: Node, val: dict) -> str:
@@ -235,7 +259,7 @@ class LoopWriter(KernelWriter):
             return self.read(n, 0, val)
         args = [self.read(n, i, val) for i in range(len(n.inputs))]
         if name == "one_hot":
-            return f"np.{n.dtype.name}({args[0]} == {self.ax[-1]})"
+            return f"np.{n.dtype.name}({self.checked(n, args[0])} == {self.ax[-1]})"
         if name == "cast":
             return f"np.{n.dtype.name}({args[0]})"
         if name == "stop_gradient":
@@ -506,7 +530,7 @@ class OtherWriter:
             for o in opened:
                 o.__enter__()
             pre, mid, post = js[:axis], js[axis:axis + idx.ndim], js[axis + idx.ndim:]
-            ix = w.load(iv, mid)
+            ix = w.checked(n, w.load(iv, mid))
             if name == "take":
                 w.store(out, js, w.load(x, pre + [ix] + post))
             else:

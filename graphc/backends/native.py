@@ -131,8 +131,9 @@ def load_object(obj: bytes, symbol: str, undefined: list[str]) -> int:
 
 
 # --- the driver -----------------------------------------------------------------------------
-# plan: [n_calls, template address, template length, (kernel address, args offset) * n_calls, args...]
-PLAN_HEAD = 3
+# plan: [n_calls, template address, template length, error word address (or 0),
+#        (kernel address, args offset) * n_calls, args...]
+PLAN_HEAD = 4
 
 
 def _driver_ir() -> str:
@@ -147,6 +148,7 @@ def _driver_ir() -> str:
     load = lambda ptr, k: b.load(b.gep(ptr, [k]))
     tmpl = b.inttoptr(load(plan, c(1)), p64)
     ntmpl = load(plan, c(2))
+    errp = load(plan, c(3))
     n_arrays = b.load(b.bitcast(b.gep(arrays, [c(16)]), p64))  # ob_size
     bases = b.alloca(i64, b.add(ntmpl, n_arrays), name="bases")
 
@@ -172,12 +174,23 @@ def _driver_ir() -> str:
         b.store(data, b.gep(bases, [b.add(ntmpl, j)]))
     loop("arrays", c(0), n_arrays, array)
 
+    stop = fn.append_basic_block("stop")
+
     def call(i):
         at = b.add(c(PLAN_HEAD), b.mul(i, c(2)))
         kernel = b.inttoptr(load(plan, at), kernel_t)
         args = b.gep(plan, [load(plan, b.add(at, c(1)))])
         b.call(kernel, [args, bases])
+        # a kernel that found a bad index set the error word: run nothing after it
+        checked, go_on = fn.append_basic_block("checked"), fn.append_basic_block("go_on")
+        b.cbranch(b.icmp_signed("!=", errp, c(0)), checked, go_on)
+        b.position_at_end(checked)
+        failed = b.icmp_signed("!=", b.load(b.inttoptr(errp, p64)), c(0))
+        b.cbranch(failed, stop, go_on)
+        b.position_at_end(go_on)
     loop("calls", first, last, call)
+    b.ret_void()
+    b.position_at_end(stop)
     b.ret_void()
     return str(m)
 

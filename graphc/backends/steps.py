@@ -16,6 +16,7 @@ from math import prod
 import numpy as np
 
 from .. import __version__
+from ..errors import fmt_site
 from ..ir import Node
 from ..passes.fusion import base_of
 from ..program import Program
@@ -82,16 +83,22 @@ class StepBuilder:
         self.layout = Layout(prog, inputs, params)
         self.calls: list[dict] = []
         self.kernels: dict[str, str] = {}
+        self.checks: list = []  # (op, site, bound form) of every index range check in a kernel
 
-    def add(self, code: KernelCode, kernel: int | None, comment: list[str], scratch: Scratch, work=None) -> None:
+    def add(self, code: KernelCode, kernel: int | None, comment_lines: list[str], scratch: Scratch, work=None) -> None:
         need: dict = {}
         for dt, n in scratch.items:
             need[dt] = need.get(dt, form(0)) + form(n)
             self.layout.need_ws(dt)
         key = library.kernel_key(code.source)
         self.kernels[key] = code.source
-        call = {"key": key, "pkey": None, "work": None, "kernel": kernel, "comment": comment, "doc": code.doc,
-                "scratch": {dt: jform(f) for dt, f in need.items()}, "slots": [self._slot(s) for s in code.slots]}
+        sites = []
+        for n in code.checks:  # numbered across the step: the error word says which one failed
+            self.checks.append([n.op.name, comment(fmt_site(n.site)), jform(form(n.op.extra["index_bound"](n)))])
+            sites.append(len(self.checks))
+        call = {"key": key, "pkey": None, "work": None, "kernel": kernel, "comment": comment_lines, "doc": code.doc,
+                "scratch": {dt: jform(f) for dt, f in need.items()},
+                "slots": [["int", jform(form(sites[s[1]]))] if s[0] == "check" else self._slot(s) for s in code.slots]}
         if code.parallel_source is not None:
             call["pkey"] = library.kernel_key(code.parallel_source)
             call["work"] = jform(sum((form_mul(form(size(shape)), w) for shape, w in work), form(0)))
@@ -129,7 +136,7 @@ class StepBuilder:
             "ws_end": {dt: jform(f) for dt, f in layout.ws_end.items()},
             "consts": [_npy(c.attrs["value"]) for c in layout.consts],
             "kernels": self.kernels, "calls": self.calls, "outputs": outputs,
-            "blas_threads": big, "n_kernels": len(prog.kernels),
+            "blas_threads": big, "n_kernels": len(prog.kernels), "checks": self.checks,
             "doc": [f"The whole step: {len(prog.kernels)} kernels."]
                    + [f"in{j}: input {x.name} {x.dtype.name}{tuple(x.shape)}" for j, x in enumerate(self.inputs)],
         }
@@ -202,20 +209,25 @@ def render(spec: dict, dims: list[str], keys: list[str] | None = None) -> str:
                 s("# " + comment(line))
             args = ", ".join(_slot_text(x, names) for x in c["slots"])
             s(f"{library.function_name(key)}(np.array([{args}], np.int64), B)")
+            if spec["checks"]:  # as the driver does: a failed index check stops the step here
+                s("if B[E][0]:")
+                s("    return")
     parts.append(s.text())
     return "\n\n".join(parts)
 
 
 def base_names(spec: dict) -> list[str]:
+    """The bases in B's order: arenas, workspaces, constants and the error word (fixed per
+    program), then each call's inputs and outputs."""
     outs = sum(1 for o in spec["outputs"] if o[0] == "out")
     return ([f"P_{d}" for d in spec["param_dtypes"]] + [f"W_{d}" for d in spec["ws_dtypes"]]
-            + [f"K{j}" for j in range(len(spec["consts"]))] + [f"in{j}" for j in range(spec["n_inputs"])]
-            + [f"out{j}" for j in range(outs)])
+            + [f"K{j}" for j in range(len(spec["consts"]))] + ["E"]
+            + [f"in{j}" for j in range(spec["n_inputs"])] + [f"out{j}" for j in range(outs)])
 
 
 def base_label(base: list) -> str:
     kind, x = base
-    return {"arena": f"P_{x}", "ws": f"W_{x}", "const": f"K{x}", "in": f"in{x}", "out": f"out{x}"}[kind]
+    return {"arena": f"P_{x}", "ws": f"W_{x}", "const": f"K{x}", "err": "E", "in": f"in{x}", "out": f"out{x}"}[kind]
 
 
 def _slot_text(s: list, names: list[str]) -> str:

@@ -1,7 +1,8 @@
 """Integer indexing: take (embeddings, gathers), its adjoint scatter_add, and one_hot.
 
-Indices are range-checked: 0 <= i < n. Compiled backends check them before they
-run, since Numba does no bounds checks."""
+Indices are range-checked: 0 <= i < n (``index_bound`` and ``index_arg`` in the op table). An
+index that is an input is checked in Python before a step runs; a computed one inside the kernel
+that reads it (compiled code does no bounds checks of its own)."""
 from __future__ import annotations
 
 import numpy as np
@@ -58,12 +59,12 @@ def _infer_one_hot(idx, depth, dtype):
 
 defop("take", "index", _infer_take, _take_ref,
       lambda g, n: [make("scatter_add", (g, n.inputs[1]), axis=n.attrs["axis"], size=n.inputs[0].shape[n.attrs["axis"]]), None],
-      index_bound=lambda n: n.inputs[0].shape[n.attrs["axis"]])
+      index_bound=lambda n: n.inputs[0].shape[n.attrs["axis"]], index_arg=1)
 defop("scatter_add", "index", _infer_scatter, _scatter_ref,
       lambda g, n: [make("take", (g, n.inputs[1]), axis=n.attrs["axis"]), None],
-      index_bound=lambda n: n.attrs["size"])
+      index_bound=lambda n: n.attrs["size"], index_arg=1)
 defop("one_hot", "index", _infer_one_hot, _one_hot_ref, lambda g, n: [None],
-      index_bound=lambda n: n.attrs["depth"])
+      index_bound=lambda n: n.attrs["depth"], index_arg=0)
 
 
 def take(x, indices, axis: int = 0) -> Node:
@@ -95,7 +96,7 @@ def _pick_ref(z, idx):
 # pick(z, y)[...] = z[..., y[...]]: what sum(one_hot(y) * z, -1) computes, without the one-hot.
 defop("pick", "index", _infer_pick, _pick_ref,
       lambda g, n: [make("reshape", (g,), shape=g.shape + (1,)) * one_hot(n.inputs[1], n.inputs[0].shape[-1], g.dtype), None],
-      index_bound=lambda n: n.inputs[0].shape[-1])
+      index_bound=lambda n: n.inputs[0].shape[-1], index_arg=1)
 
 
 def pick(z, indices) -> Node:

@@ -48,7 +48,8 @@ def _same_index(k: Kernel, p: Node, e: Node) -> bool:
     return bool(k.raxes) and min(k.raxes) == 0 and (e.op.kind == "reduce" or e.id in k.after_reduce())
 
 
-def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[Node, Node]]) -> MemoryPlan:
+def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[Node, Node]],
+                inplace: bool = True) -> MemoryPlan:
     end = len(kernels)
     root_ids = {base_of(r)[0].id for r in roots}
     buffers: dict[int, Buffer] = {}
@@ -74,7 +75,7 @@ def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[No
     # update values that are the param itself read it at the end of the step.
     read_at_end = {base_of(r)[0].id for r in roots[:len(roots) - len(updates)]}
     read_at_end |= {base_of(e)[0].id for _, e in updates if base_of(e)[0].op.kind == "source"}
-    for p, e in updates:
+    for p, e in updates if inplace else ():
         if e.id not in buffers or p.id in read_at_end:
             continue
         k = buffers[e.id].first
