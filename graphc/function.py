@@ -5,11 +5,13 @@ bounds checks), and param updates are committed only after the whole step succee
 from __future__ import annotations
 
 import threading
+from _thread import get_ident
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from .atomic import REENTERED, guard_for
 from .errors import DTypeError, GraphcError, InputError, ShapeError, fmt_site
 from .graph import toposort
 from .ir import Node, as_node
@@ -90,6 +92,7 @@ class Function:
         self._named = {x.id: [(k, d) for k, d in enumerate(x.shape) if not isinstance(d, int)] for x in self.inputs}
         self._last_env: dict | None = None
         self._prog: Program | None = None
+        self._guard = guard_for(self.all_params)
         self._pending: _Background | None = None
         if compile == "background" and target == "cpu" and not debug:
             from .backends.reference import ReferenceProgram
@@ -214,11 +217,23 @@ class Function:
         return feeds, env
 
     def __call__(self, *args: Any):
-        if self._pending is not None and self._pending.done.is_set():
-            self._program, self._pending = self._pending.result(), None
-        arrays, env = self._bind(args)
-        self._last_env = env
-        outs = self._program.run(arrays, env)
+        # One step at a time per group of functions sharing params; never re-entered (atomic.py).
+        # Written out, not as atomic.running(): a generator context manager costs a microsecond.
+        g, me = self._guard, get_ident()
+        while g.parent is not None:
+            g = g.parent
+        if g.inside == me:
+            raise GraphcError(REENTERED)
+        with g.lock:
+            g.inside = me
+            try:
+                if self._pending is not None and self._pending.done.is_set():
+                    self._program, self._pending = self._pending.result(), None
+                arrays, env = self._bind(args)
+                self._last_env = env
+                outs = self._program.run(arrays, env)
+            finally:
+                g.inside = None
         return outs[0] if self.single else outs
 
     def wait(self) -> Function:

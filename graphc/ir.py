@@ -55,7 +55,8 @@ def defop(name: str, kind: str, infer, ref, grad=None, scalar=None, doc: str = "
 class Node:
     """A value in the graph. Build nodes with graphc's functions and operators."""
 
-    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "name", "site", "origin", "adjoint_of", "id", "_param", "__weakref__")
+    __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "name", "site", "origin", "adjoint_of", "id", "_param", "_guard",
+                 "__weakref__")
     __array_priority__ = 1000  # numpy arrays defer to Node's operators
 
     def __init__(self, op: Op, inputs: tuple, attrs: dict, shape: Shape, dtype: np.dtype, name: str | None = None, site=None):

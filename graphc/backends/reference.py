@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..atomic import held_signals
 from ..errors import GraphcError, fmt_site
 from ..ir import Node
 from ..passes.fusion import base_of
@@ -67,11 +68,20 @@ class ReferenceProgram:
                 for dead in prog.memory.frees.get(k.index, ()):
                     values.pop(dead, None)
             results = [evaluate(r, values, env) for r in prog.roots]
-        # an output that is a param or input, or a view of one, must not alias its storage
-        outs = [np.array(v, copy=True) if base_of(r)[0].op.kind == "source" else v
-                for r, v in zip(prog.roots, results[:prog.n_outputs])]
-        for (p, _), v in zip(prog.updates, results[prog.n_outputs:]):
-            p._param.value = np.array(v, dtype=p.dtype, order="C", copy=True)
+        # an output or update value that is a param or input, or a view of one, must not alias it
+        own = lambda r, v, dt=None: np.array(v, dtype=dt, copy=True) if base_of(r)[0].op.kind == "source" \
+            else np.asarray(v, dtype=dt)
+        outs = [own(r, v) for r, v in zip(prog.roots, results[:prog.n_outputs])]
+        news = [own(e, v, p.dtype) for (p, e), v in zip(prog.updates, results[prog.n_outputs:])]
+        # Everything is computed and allocated: commit every update or none. Each param's array is
+        # written in place, so a .value handed out before the step sees it (as on every target).
+        with held_signals():
+            for (p, _), v in zip(prog.updates, news):
+                cur = p._param.value
+                if type(cur) is np.ndarray and cur.flags.writeable and cur.shape == v.shape and cur.dtype == v.dtype:
+                    np.copyto(cur, v)
+                else:
+                    p._param.value = np.array(v, order="C", copy=True)
         return outs
 
 
