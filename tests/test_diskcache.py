@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from graphc.backends import diskcache
@@ -250,3 +251,57 @@ def test_info_and_clear(cdir):
     assert diskcache.clear() == 2
     assert diskcache.info()["modules"] == 0
     assert not list(cdir.glob("_gen_*")) and not list(cdir.glob("__pycache__/_gen_*"))
+
+
+# --- a cache that trusts nothing it did not check ----------------------------------------------
+def _fresh(monkeypatch, path):
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(path))
+    monkeypatch.setattr(diskcache, "_checked", {})
+    monkeypatch.setattr(diskcache, "_FALLBACK", {})
+
+
+def test_cache_dir_is_created_private(tmp_path, monkeypatch):
+    _fresh(monkeypatch, tmp_path / "new" / "cache")
+    d = diskcache.cache_dir()
+    assert d == tmp_path / "new" / "cache" and (d.stat().st_mode & 0o777) == 0o700
+    assert (diskcache.subdir("kernels").stat().st_mode & 0o777) == 0o700
+
+
+@pytest.mark.parametrize("how", ["a file", "writable by others", "another user's"])
+def test_unsafe_or_unusable_cache_dir_falls_back_with_a_warning(tmp_path, monkeypatch, how):
+    d = tmp_path / "cache"
+    if how == "a file":
+        d.write_text("not a directory")
+    else:
+        d.mkdir()
+        if how == "writable by others":
+            d.chmod(0o777)
+        else:
+            if os.getuid() != 0:
+                pytest.skip("only root can give a directory to another user")
+            os.chown(d, 65534, 65534)
+    _fresh(monkeypatch, d)
+    with pytest.warns(RuntimeWarning, match="private temporary cache"):
+        got = diskcache.cache_dir()
+    assert got != d and (got.stat().st_mode & 0o777) == 0o700
+    import graphc as gc  # and compiling works
+    x = gc.input("x", (3,))
+    np.testing.assert_allclose(gc.function([x], gc.exp(x), target="cpu")(np.zeros(3, np.float32)), 1.0)
+    assert not any(got.samefile(p) for p in d.parent.iterdir() if p.name == "cache")
+
+
+def test_planted_code_in_a_cached_module_is_not_run(tmp_path, monkeypatch):
+    """Code appended to a cached module, with its header's checksum recomputed, is a miss: the file
+    is compared byte for byte with the module graphc generates, and written again."""
+    _fresh(monkeypatch, tmp_path)
+    src = new_src()
+    mod, _ = diskcache.load_module(src)
+    py = Path(mod.__file__)
+    flag = tmp_path / "planted"
+    body = py.read_bytes().partition(b"\n")[2] + f"\nopen({str(flag)!r}, 'w').close()\n".encode()
+    key = py.read_bytes().split(b"key=")[1].split(b";")[0].decode()
+    py.write_bytes(diskcache._header(key, body) + b"\n" + body)
+    sys.modules.pop(mod.__name__, None)
+    mod2, hit = diskcache.load_module(src)
+    assert not hit and not flag.exists()
+    assert b"planted" not in py.read_bytes()

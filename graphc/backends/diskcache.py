@@ -18,29 +18,104 @@ import importlib.metadata
 import importlib.util
 import os
 import pickletools
+import stat
 import sys
 import tempfile
 import threading
 import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import CacheError
+
 _lock = threading.Lock()  # one import per key at a time within this process
 
 
-def cache_dir() -> Path:
-    """``$GRAPHC_CACHE_DIR``, else the platform's user cache dir; created on demand."""
+def configured_dir() -> Path:
+    """``$GRAPHC_CACHE_DIR``, else the platform's user cache dir."""
     if env := os.environ.get("GRAPHC_CACHE_DIR"):
-        d = Path(env).expanduser()
-    elif sys.platform == "win32":
-        d = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData/Local") / "graphc"
-    elif sys.platform == "darwin":
-        d = Path.home() / "Library" / "Caches" / "graphc"
-    else:
-        d = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "graphc"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData/Local") / "graphc"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "graphc"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "graphc"
+
+
+_checked: dict[str, Path] = {}  # configured dir -> the dir used (itself, or a private fallback)
+
+
+def cache_dir() -> Path:
+    """The cache directory, created private (0700) on demand. The cache holds code this process
+    runs, so a directory another user owns or others can write is refused, as are one that is a
+    file or cannot be written: graphc warns, says how to fix it, and uses a private temporary
+    directory instead. ``CacheError`` only when no directory can be had at all."""
+    want = configured_dir()
+    got = _checked.get(str(want))
+    if got is None or not got.is_dir():  # (removed since: check it again)
+        problem = _unusable(want)
+        if problem is None:
+            got = want
+        else:
+            got = _fallback()
+            warnings.warn(f"graphc cache {want} {problem}; using the private temporary cache {got} for this process "
+                          "(set GRAPHC_CACHE_DIR to a directory of your own, or fix the one above)", RuntimeWarning,
+                          stacklevel=2)
+        _checked[str(want)] = got
+    return got
+
+
+def subdir(name: str) -> Path:
+    """A private folder of the cache (kernels, steps), checked as the cache itself is."""
+    base = cache_dir()
+    d = base / name
+    got = _checked.get(str(d))
+    if got is None or not got.is_dir():
+        problem = _unusable(d)
+        if problem is not None:
+            raise CacheError(f"graphc cache folder {d} {problem}; remove it (graphc cache clear) or set GRAPHC_CACHE_DIR")
+        got = _checked[str(d)] = d
+    return got
+
+
+def _unusable(d: Path) -> str | None:
+    """Why ``d`` cannot hold graphc's cache, or None."""
+    try:
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        return "is a file, not a directory"
+    except OSError as e:
+        return f"cannot be created ({e.strerror})"
+    if not d.is_dir():
+        return "is not a directory"
+    if hasattr(os, "getuid"):  # as git and ssh check their own files
+        st = d.stat()
+        if st.st_uid != os.getuid():
+            return f"belongs to another user (uid {st.st_uid})"
+        if st.st_mode & 0o022:
+            return f"can be written by other users (mode {stat.filemode(st.st_mode)})"
+    probe = d / f".graphc-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"cannot be written ({e.strerror})"
+    return None
+
+
+def _fallback() -> Path:
+    if "fallback" not in _FALLBACK:
+        try:
+            _FALLBACK["fallback"] = Path(tempfile.mkdtemp(prefix="graphc-cache-"))  # created 0700
+        except OSError as e:
+            raise CacheError(f"no usable cache directory: {configured_dir()} is unusable and no temporary "
+                             f"directory could be made ({e})") from None
+    return _FALLBACK["fallback"]
+
+
+_FALLBACK: dict[str, Path] = {}
 
 
 @functools.cache
@@ -116,12 +191,14 @@ def _drop_corrupt_numba_files(py: Path) -> None:
             f.unlink(missing_ok=True)
 
 
-def _file_ok(py: Path, key: str) -> bool:
+def _file_ok(py: Path, key: str, source: str) -> bool:
+    """The file holds exactly the module graphc generates now: byte for byte, not just a header
+    that matches its own body (anyone could recompute that checksum for code they append)."""
+    body = source.encode()
     try:
-        head, sep, body = py.read_bytes().partition(b"\n")
+        return py.read_bytes() == _header(key, body) + b"\n" + body
     except OSError:
         return False
-    return bool(sep) and head == _header(key, body)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -172,7 +249,7 @@ def load_module(source: str, *, salt: str = "") -> tuple[types.ModuleType, bool]
     name = f"graphc_gen_{key[:24]}"
     py = cache_dir() / f"_gen_{key[:24]}.py"
     with _lock:
-        hit = _file_ok(py, key)
+        hit = _file_ok(py, key, source)
         if not hit:
             if py.exists():  # corrupt: drop what was compiled from other bytes
                 purge_numba_cache(py)

@@ -75,9 +75,7 @@ def kernel_key(source: str) -> str:
 
 
 def kernel_dir() -> Path:
-    d = diskcache.cache_dir() / "kernels"
-    d.mkdir(exist_ok=True)
-    return d
+    return diskcache.subdir("kernels")
 
 
 def function_name(key: str) -> str:
@@ -227,9 +225,7 @@ def ensure(kernels: dict[str, str], stats: dict | None = None, workers: bool | N
 
 # --- step specs ----------------------------------------------------------------------------------
 def step_path(key: str) -> Path:
-    d = diskcache.cache_dir() / "steps"
-    d.mkdir(exist_ok=True)
-    return d / f"{key}.json"
+    return diskcache.subdir("steps") / f"{key}.json"
 
 
 def save_step(key: str, spec: dict) -> None:
