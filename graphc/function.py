@@ -135,6 +135,10 @@ class Function:
         from .backends.reference import ReferenceProgram
         return ReferenceProgram(self.program, self.inputs)
 
+    def __reduce__(self):
+        raise TypeError("a compiled graphc Function cannot be pickled: build it again with gc.function in the "
+                        "new process (its kernels load from the disk cache), and save params with np.save(path, W.value)")
+
     @property
     def source(self) -> str | None:
         """The generated module (compiled targets), one commented function per kernel."""
@@ -169,7 +173,14 @@ class Function:
                 raise InputError(f"input {x.name} ({fmt_site(x.site)}): device array of dtype {d.dtype}, expected "
                                  f"{x.dtype}; device arrays are not cast")
             return d
-        if isinstance(a, (int, float, bool, np.generic)) and not isinstance(a, np.ndarray):
+        if type(a) in (bool, int, float):  # Python scalars are weakly typed, as in JAX: they take x's dtype
+            if x.dtype.kind not in {bool: "biuf", int: "iuf", float: "f"}[type(a)]:
+                raise InputError(f"input {x.name} ({fmt_site(x.site)}): a Python {type(a).__name__} for a {x.dtype} "
+                                 f"input; pass np.{x.dtype.name}(...) or a value of that kind")
+            if x.dtype.kind in "iu" and not np.iinfo(x.dtype).min <= a <= np.iinfo(x.dtype).max:
+                raise InputError(f"input {x.name} ({fmt_site(x.site)}): {a} does not fit in {x.dtype}")
+            return np.asarray(a, dtype=x.dtype)
+        if isinstance(a, np.generic):
             a = np.asarray(a)
         if not isinstance(a, np.ndarray):
             raise InputError(f"input {x.name} ({fmt_site(x.site)}): expected a numpy array, got {type(a).__name__}")

@@ -120,6 +120,13 @@ class Node:
     def __iter__(self):
         raise GraphcError(f"{self.label()} is symbolic and cannot be iterated")
 
+    def __reduce__(self):
+        # A node's identity (its id) belongs to the process that built it: a node unpickled elsewhere
+        # could share an id with another node there, and graphs would silently mix them up.
+        raise TypeError(f"graphc nodes cannot be pickled ({self.label()}): build the graph again in the new "
+                        f"process; save a param's values with np.save(path, W.value) and restore them with "
+                        f"W.value = np.load(path)")
+
 
 def attrs_key(attrs: dict) -> tuple:
     out = []

@@ -160,3 +160,67 @@ def test_value_is_one_array_updated_in_place(target):
     v[0] = 10
     assert float(f(np.ones(3, np.float32))) == 14.0
     np.testing.assert_array_equal(W.value, [20, 4, 4])
+
+
+# --- smaller ones ------------------------------------------------------------------------------
+def test_nodes_and_functions_refuse_pickling_with_a_pointer_to_what_works():
+    import pickle
+    W = gc.param("W", np.ones(3, np.float32))
+    x = gc.input("x", (3,))
+    with pytest.raises(TypeError, match="np.save"):
+        pickle.dumps(W)
+    with pytest.raises(TypeError, match="np.save"):
+        pickle.dumps(x * W)
+    with pytest.raises(TypeError, match="gc.function"):
+        pickle.dumps(gc.function([x], x * W))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_python_scalars_for_0d_inputs_are_weakly_typed(target):
+    s, k = gc.input("s", ()), gc.input("k", (), "int32")
+    f = gc.function([s, k], s * gc.cast(k, "float32"), target=target)
+    out = f(0.5, 3)
+    assert out.dtype == np.float32 and float(out) == 1.5
+    assert float(f(True, 2)) == 2.0
+    with pytest.raises(gc.InputError, match="a Python float for a int32 input"):
+        f(0.5, 2.5)
+    with pytest.raises(gc.InputError, match="does not fit in int32"):
+        f(0.5, 2 ** 40)
+
+
+def test_numba_disable_jit_runs_the_generated_code_as_python(tmp_path):
+    code = ("import numpy as np, graphc as gc\nx = gc.input('x', (3,)); W = gc.param('W', np.ones(3, np.float32))\n"
+            "f = gc.function([x], gc.sum(gc.exp(x) * W), updates=[(W, W * 2)], target='cpu')\n"
+            "print(float(f(np.zeros(3, np.float32))), W.value.tolist(), f.cache_info.split(':')[0])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, NUMBA_DISABLE_JIT="1", GRAPHC_CACHE_DIR=str(tmp_path)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["3.0", "[2.0,", "2.0,", "2.0]", "debug", "mode"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_runs_a_parallel_step_serially():
+    import graphc.backends.cpu as C
+    old, C.PARALLEL_MIN = C.PARALLEL_MIN, 1
+    try:
+        n = 20000
+        x = gc.input("x", (n,))
+        w = gc.param("w", np.linspace(-1, 1, n, dtype=np.float32))
+        f = gc.function([x], gc.sum(gc.tanh(x * w)), updates=[(w, w * 0.5)], target="cpu")
+        xv = np.ones(n, np.float32)
+        f(xv)
+        assert "prange(" in f.source  # the parent runs the parallel kernel
+        r, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: GNU OpenMP would kill it if it ran the parallel kernel
+            try:
+                os.write(wfd, repr(float(f(xv))).encode())
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        got = os.read(r, 100).decode()
+        _, status = os.waitpid(pid, 0)
+        assert status == 0 and got, f"the child died (status {status})"
+        np.testing.assert_allclose(float(got), float(gc.function([x], gc.sum(gc.tanh(x * w)))(xv)), rtol=1e-5)
+    finally:
+        C.PARALLEL_MIN = old

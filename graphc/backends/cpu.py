@@ -15,6 +15,8 @@ runs as is, without the JIT, under ``debug=True``.
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 import time
 from math import prod
 from pathlib import Path
@@ -60,6 +62,7 @@ class CpuProgram:
 
     def __init__(self, fn, debug: bool = False, threads: int | None = None, bind_now: bool = True):
         t0 = time.perf_counter()
+        debug = debug or _jit_disabled()
         self.fn, self.inputs, self.params, self.debug = fn, fn.inputs, fn.all_params, debug
         self.dims = sorted({d for x in self.inputs for d in x.shape if isinstance(d, str)})
         self.key = _step_key(fn)
@@ -76,6 +79,7 @@ class CpuProgram:
         self.all_out = all(o[0] == "out" for o in self.outputs)
         self._addr: dict[str, int] = {}
         self._plans: dict[tuple, _Plan] = {}
+        self._forks = native.FORKS[0]
         if debug:
             self._debug_ns: dict = {}
         else:
@@ -147,6 +151,8 @@ class CpuProgram:
         return bits(prod(resolve(tuple(slot[2]), env)), slot[1])
 
     def plan(self, env: dict) -> _Plan:
+        if self._forks != native.FORKS[0]:  # a forked child: plans may hold parallel kernels it cannot run
+            self._plans, self._forks = {}, native.FORKS[0]
         key = tuple(map(env.__getitem__, self.dims))
         got = self._plans.get(key)
         if got is not None:
@@ -160,7 +166,7 @@ class CpuProgram:
         pl.template = np.array([b.ctypes.data for b in bases], np.int64)
         pl.keys, args = [], []
         for c in calls:
-            par = c["pkey"] is not None and evaluate(c["work"], env) >= PARALLEL_MIN
+            par = c["pkey"] is not None and evaluate(c["work"], env) >= PARALLEL_MIN and native.parallel_ok()
             pl.keys.append(c["pkey"] if par else c["key"])
             args.append([self._resolve(s, env) for s in c["slots"]])
         pl.parallel = any(k != c["key"] for k, c in zip(pl.keys, calls))
@@ -272,12 +278,12 @@ class CpuProgram:
                 + f"; build {self.compile_seconds:.2f} s\nthreads: {self.governor.describe()}")
 
 
-def _step_key(fn) -> str:
-    from ..graph import structure_key
-    ups = {p.id: k for k, p in enumerate(fn.all_params)}
-    extra = repr(("cpu", SPEC_FORMAT, fn.optimize, len(fn.outputs), [ups[p.id] for p, _ in fn.updates],
-                  graphc_hash(), library.kernel_key("")))
-    return structure_key(fn.outputs + [e for _, e in fn.updates], fn.inputs, fn.all_params, extra)
+def _jit_disabled() -> bool:
+    """NUMBA_DISABLE_JIT=1: Numba compiles nothing, so the step runs as plain Python (debug=True)."""
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        return bool(numba.config.DISABLE_JIT)
+    return os.environ.get("NUMBA_DISABLE_JIT", "0").strip() not in ("", "0")
 
 
 def _step_key(fn) -> str:

@@ -208,11 +208,13 @@ def _softplus_f64(x):
     return (x if x > 0 else 0.0) + math.log1p(math.exp(-abs(x)))
 
 
-def _stub(name: str, impl32, impl64):
-    """An @overload stub that picks the float32 or the libm implementation."""
+def _stub(name: str, impl32, impl64, ufunc):
+    """An @overload stub that picks the float32 or the libm implementation in compiled code; as
+    plain Python (NUMBA_DISABLE_JIT=1) it is NumPy's ``ufunc``, in the argument's dtype."""
 
     def stub(x):
-        raise NotImplementedError(f"{name} is only callable from Numba")
+        with np.errstate(all="ignore"):
+            return ufunc(x)
 
     @overload(stub, jit_options=_JIT)
     def _ol(x):
@@ -225,13 +227,16 @@ def _stub(name: str, impl32, impl64):
     return stub
 
 
-_exp = _stub("exp", _exp_f32, lambda x: math.exp(x))
-_log = _stub("log", _log_f32, lambda x: math.log(x))
-_tanh = _stub("tanh", _tanh_f32, lambda x: math.tanh(x))
-_sigmoid = _stub("sigmoid", _sigmoid_f32, _sigmoid_f64)
-_softplus = _stub("softplus", _softplus_f32, _softplus_f64)
-_log1p = _stub("log1p", _log1p_f32, lambda x: math.log1p(x))
-_expm1 = _stub("expm1", _expm1_f32, lambda x: math.expm1(x))
+_exp = _stub("exp", _exp_f32, lambda x: math.exp(x), np.exp)
+_log = _stub("log", _log_f32, lambda x: math.log(x), np.log)
+_tanh = _stub("tanh", _tanh_f32, lambda x: math.tanh(x), np.tanh)
+_sigmoid = _stub("sigmoid", _sigmoid_f32, _sigmoid_f64,
+                 lambda x: np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))[()]
+                 .astype(np.asarray(x).dtype))
+_softplus = _stub("softplus", _softplus_f32, _softplus_f64,
+                  lambda x: (np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))).astype(np.asarray(x).dtype))
+_log1p = _stub("log1p", _log1p_f32, lambda x: math.log1p(x), np.log1p)
+_expm1 = _stub("expm1", _expm1_f32, lambda x: math.expm1(x), np.expm1)
 
 
 _PUBLIC = {"cache": True, "inline": "never", **_JIT}

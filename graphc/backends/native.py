@@ -27,6 +27,23 @@ from ..errors import GraphcError
 
 _lock = threading.RLock()
 _state: dict = {}
+FORKS = [0]  # forks of this process since import (a child's view: its parent's count + 1)
+
+
+def _after_fork() -> None:
+    FORKS[0] += 1
+    if _state.get("numba"):  # the parent started OpenMP's pool, which does not survive a fork
+        _state["no_parallel"] = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def parallel_ok() -> bool:
+    """False in a process forked after its parent started the parallel kernels' thread pool
+    (GNU OpenMP kills such a child): parallel kernels then run serially there."""
+    return not _state.get("no_parallel")
 
 # Where CPython keeps a tuple's items and NumPy an array's data pointer (checked at start-up).
 TUPLE_ITEMS, ARRAY_DATA = 3 * 8, 2 * 8
