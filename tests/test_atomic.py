@@ -205,7 +205,7 @@ def test_a_forked_child_runs_a_parallel_step_serially():
     try:
         n = 20000
         x = gc.input("x", (n,))
-        w = gc.param("w", np.linspace(-1, 1, n, dtype=np.float32))
+        w = gc.param("w", np.linspace(0, 1, n, dtype=np.float32))
         f = gc.function([x], gc.sum(gc.tanh(x * w)), updates=[(w, w * 0.5)], target="cpu")
         xv = np.ones(n, np.float32)
         f(xv)
