@@ -149,13 +149,15 @@ def test_a_failed_allocation_commits_nothing(target):
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_value_is_one_array_updated_in_place(target):
-    """W.value handed out before a step sees the step's update, and writing into it changes the
-    param the next step reads: the same on every target."""
+    """Each param has one array: W.value returns it, current as of the last step (reading .value
+    brings it up to date on the GPU), and a step reads whatever was written into it. The same on
+    every target."""
     W = gc.param("W", np.ones(3, np.float32))
     x = gc.input("x", (3,))
     f = gc.function([x], gc.sum(x * W), updates=[(W, W * 2)], target=target)
     v = W.value
     f(np.ones(3, np.float32))
+    assert W.value is v
     np.testing.assert_array_equal(v, [2, 2, 2])
     v[0] = 10
     assert float(f(np.ones(3, np.float32))) == 14.0

@@ -339,3 +339,31 @@ def test_computed_index_out_of_range_raises_and_commits_nothing(case):
         call(bad)
     np.testing.assert_array_equal(param.value, before)
     call(good)
+
+
+@needs_cuda
+def test_value_is_one_array_updated_in_place_and_scalars_weakly_typed():
+    from test_atomic import test_python_scalars_for_0d_inputs_are_weakly_typed, test_value_is_one_array_updated_in_place
+    test_value_is_one_array_updated_in_place("cuda")
+    test_python_scalars_for_0d_inputs_are_weakly_typed("cuda")
+
+
+@needs_cuda
+def test_concurrent_calls_give_serial_results():
+    import threading
+    x = gc.input("x", ("b", 3))
+    W = gc.param("W", np.arange(6, dtype=np.float32).reshape(3, 2))
+    f = gc.function([x], gc.tanh(x @ W), target="cuda")
+    xs = [np.full((2, 3), k, np.float32) for k in range(3)]
+    want, bad = [f(v) for v in xs], []
+
+    def work(k):
+        for _ in range(4):
+            if not np.array_equal(f(xs[k]), want[k]):
+                bad.append(k)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import graphc as gc
 from graphc.passes import optimize
+from graphc.passes.fusion import base_of
 
 RNG = np.random.default_rng(0)
 
@@ -261,3 +262,25 @@ def test_random_sgd_steps_match(g, seed):
         finals.append([p.value for p in params])
     for a, b in zip(*finals):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_long_chains_and_many_params_make_bounded_kernels():
+    """Compile time grows with a kernel's body: a 700-op chain is cut into kernels of at most
+    MAX_KERNEL_OPS ops, and 300 scalar params updated alike are not merged through the learning
+    rate they all read (values still equal the unfused reference)."""
+    from graphc.passes.fusion import MAX_KERNEL_BUFFERS, MAX_KERNEL_OPS
+    x = gc.input("x", (50,))
+    h = x
+    for k in range(350):
+        h = gc.tanh(h) * 0.9 if k % 2 else h + 0.01
+    ps = [gc.param(f"p{k}", np.float32(k)) for k in range(300)]
+    lr = gc.param("lr", np.float32(0.1))
+    f = gc.function([x], gc.sum(h), updates=[(p, p - lr * p) for p in ps])
+    assert all(len(k.nodes) <= MAX_KERNEL_OPS for k in f.kernels)
+    assert all(len({b.id for b in (base_of(v)[0] for v in k.inputs) if b.shape}) <= MAX_KERNEL_BUFFERS
+               for k in f.kernels)
+    assert sum(1 for k in f.kernels if len(k.nodes) > 100) >= 3  # the chain: a few long kernels
+    xv = np.linspace(-1, 1, 50, dtype=np.float32)
+    want = float(gc.function([x], gc.sum(h), optimize=False)(xv))
+    np.testing.assert_allclose(float(f(xv)), want, rtol=1e-5)
+    np.testing.assert_allclose([float(p.value) for p in ps], np.arange(300) * 0.9, rtol=1e-6)

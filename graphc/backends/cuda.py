@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import held_signals
 from ..errors import GraphcError, InputError, fmt_site
 from ..ir import Node, _ParamStore
 from ..passes.fusion import base_of
@@ -178,9 +179,10 @@ class CudaProgram:
         B, X = self._workspace(key, env)
         if self.device_arrays:  # the caller keeps the results: fresh arrays every call
             X = self._staging(env)
+        ins = tuple(self._input(j, a) for j, a in enumerate(arrays))
         try:
-            res = self.module.step(B, X, P, self.consts, tuple(self._input(j, a) for j, a in enumerate(arrays)),
-                                   self.staged, self.scratch, self.errors, *key)
+            with held_signals():  # the step launches kernels and update copies from Python: all or none
+                res = self.module.step(B, X, P, self.consts, ins, self.staged, self.scratch, self.errors, *key)
         except self.module.IndexOutOfRange:
             j, value = (int(v) for v in self.errors.copy_to_host())
             self.errors.copy_to_device(np.zeros(2, np.int64))
