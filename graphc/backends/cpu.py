@@ -170,6 +170,8 @@ class CpuProgram:
             pl.keys.append(c["pkey"] if par else c["key"])
             args.append([self._resolve(s, env) for s in c["slots"]])
         pl.parallel = any(k != c["key"] for k, c in zip(pl.keys, calls))
+        if pl.parallel:
+            native.parallel_used()
         n = pl.n_calls = len(calls)
         head = [n, pl.template.ctypes.data, len(bases), self.errors.ctypes.data if spec["checks"] else 0]
         table, blocks, at = [], [], native.PLAN_HEAD + 2 * n

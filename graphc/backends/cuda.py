@@ -267,6 +267,7 @@ def kernel_ptx(program: Program, inputs: list[Node], cc: tuple[int, int] = (9, 0
             sig = [numba.int64] * len(code.syms) + [arr(v) for v in code.reads]
             sig += [numba.from_dtype(c.dtype) for c in code.scalars] + [arr(w) for w in code.writes]
             sig += [numba.from_dtype(dt)[::1] for dt, _ in code.scratch]
+            sig += [numba.int64[::1]] if code.checks else []  # E, the error word of index checks
             out[code.name], _ = cuda.compile_ptx(getattr(module, code.name).py_func, tuple(sig), cc=cc)
         return out
     finally:

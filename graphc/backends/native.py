@@ -32,8 +32,13 @@ FORKS = [0]  # forks of this process since import (a child's view: its parent's 
 
 def _after_fork() -> None:
     FORKS[0] += 1
-    if _state.get("numba"):  # the parent started OpenMP's pool, which does not survive a fork
+    if _state.get("parallel"):  # the parent ran parallel kernels: OpenMP's pool does not survive a fork
         _state["no_parallel"] = True
+
+
+def parallel_used() -> None:
+    """A plan with parallel kernels is about to run (their thread pool starts)."""
+    _state["parallel"] = True
 
 
 if hasattr(os, "register_at_fork"):
