@@ -49,8 +49,9 @@ def build_program(outputs: list[Node], updates: list[tuple[Node, Node]], optimiz
     sched = schedule(roots, fuse=optimize_graph)
     new_updates = [(p, e) for (p, _), e in zip(updates, roots[len(outputs):])]
     checked = index_checks(sched.kernels, validated or {})
-    # A bad index is found while the step runs: no param may change before the step is known good,
-    # so with checks in kernels every update is committed after the last kernel.
-    mem = plan_memory(sched.kernels, roots, new_updates, inplace=not checked)
+    # A bad index is found while the step runs, and the step stops there: no param may change
+    # before the last kernel that checks an index, so only kernels after it update in place.
+    last_check = max((k.index for k in sched.kernels if any(n.id in checked for n in k.nodes)), default=-1)
+    mem = plan_memory(sched.kernels, roots, new_updates, inplace_after=last_check)
     return Program(roots, len(outputs), new_updates, sched.kernels, mem, sched.fused, sched.not_fused,
                    stats, before, len(toposort(roots)), checked)

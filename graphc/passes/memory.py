@@ -49,7 +49,9 @@ def _same_index(k: Kernel, p: Node, e: Node) -> bool:
 
 
 def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[Node, Node]],
-                inplace: bool = True) -> MemoryPlan:
+                inplace_after: int = -1) -> MemoryPlan:
+    """``inplace_after``: only kernels after this one may overwrite a param in place (earlier
+    ones may yet be followed by a failed index check that must leave params unchanged)."""
     end = len(kernels)
     root_ids = {base_of(r)[0].id for r in roots}
     buffers: dict[int, Buffer] = {}
@@ -75,8 +77,8 @@ def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[No
     # update values that are the param itself read it at the end of the step.
     read_at_end = {base_of(r)[0].id for r in roots[:len(roots) - len(updates)]}
     read_at_end |= {base_of(e)[0].id for _, e in updates if base_of(e)[0].op.kind == "source"}
-    for p, e in updates if inplace else ():
-        if e.id not in buffers or p.id in read_at_end:
+    for p, e in updates:
+        if e.id not in buffers or p.id in read_at_end or buffers[e.id].first <= inplace_after:
             continue
         k = buffers[e.id].first
         if all(j < k or (j == k and aligned and _same_index(kernels[k], p, e)) for j, aligned in reads.get(p.id, [])) \
