@@ -235,6 +235,8 @@ class KernelWriter:
             return args[0]
         if name == "cast":
             return f"np.{n.dtype.name}({args[0]})"
+        if name == "iota":  # the element's own index along the axis
+            return f"np.{n.dtype.name}({self.index(n.shape)[n.attrs['axis']]})"
         if name == "random_uniform":
             flat = self.linear(self.index(n.shape), n.shape)
             rnd = n.op.scalar.format(*args, salt=n.attrs["salt"], flat=flat)

@@ -264,6 +264,8 @@ class LoopWriter(KernelWriter):
             return f"np.{n.dtype.name}({args[0]})"
         if name == "stop_gradient":
             return args[0]
+        if name == "iota":  # the loop index itself
+            return f"np.{n.dtype.name}({self.ax[n.attrs['axis'] + self.r - n.ndim]})"
         if name == "random_uniform":  # hashed from the element's flat index
             flat = "0"
             for j, d in enumerate(n.shape):

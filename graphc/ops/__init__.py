@@ -6,8 +6,10 @@ import functools
 
 from ..errors import GraphcError, fmt_site, user_site
 from ..ir import Node
+from . import arange as _arange_ops  # noqa: F401
 from . import conv, elementwise, index, linalg, nn, random, reduce  # noqa: F401 - each registers its ops
 from . import shape as _shape_ops  # noqa: F401
+from .arange import arange, iota
 from .conv import avg_pool2d, conv2d, max_pool2d, pad2d
 from .elementwise import (
     abs,
@@ -35,12 +37,21 @@ from .random import random_uniform
 from .reduce import max, mean, min, sum, sum_to
 from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squeeze, swapaxes, transpose
 
-__all__ = [
-    "abs", "avg_pool2d", "broadcast_to", "cast", "concatenate", "conv2d", "exp", "expand_dims", "log", "log1p", "log_softmax",
-    "logsumexp", "matmul", "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse", "one_hot", "pad2d", "pick",
+__all__ = [  # sorted; one line per initial letter
+    "abs", "arange", "avg_pool2d",
+    "broadcast_to",
+    "cast", "concatenate", "conv2d",
+    "exp", "expand_dims",
+    "iota",
+    "log", "log1p", "log_softmax", "logsumexp",
+    "matmul", "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse",
+    "one_hot",
+    "pad2d", "pick",
     "random_uniform", "relu", "reshape",
-    "sigmoid", "sign", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze",
-    "stop_gradient", "sum", "sum_to", "swapaxes", "take", "tanh", "transpose", "where",
+    "sigmoid", "sign", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze", "stop_gradient",
+    "sum", "sum_to", "swapaxes",
+    "take", "tanh", "transpose",
+    "where",
 ]
 
 
