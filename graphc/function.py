@@ -83,6 +83,11 @@ class Function:
             if n.op.name == "input" and n.id not in given:
                 raise GraphcError(f"the graph needs input {n.name!r} ({fmt_site(n.site)}), which is not in the inputs list")
         self.params = [n for n in order if n.op.name == "param"]
+        if target in ("cpu", "cuda"):
+            half = next((n for n in order if n.dtype == np.float16), None)
+            if half is not None:  # Numba has no float16 arithmetic: refuse here, not deep in a compiler
+                raise DTypeError(f"target={target!r} does not compute in float16 ({half.label()}); cast to float32 "
+                                 "with .astype('float32') (as PyTorch's CPU does internally), or use target='numpy'")
         # every param the step touches, in a stable order: read ones, then update targets
         seen = {p.id for p in self.params}
         self.all_params = self.params + [p for p, _ in self.updates if p.id not in seen]

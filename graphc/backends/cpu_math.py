@@ -46,7 +46,10 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-__all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "gmax", "gmin", "grand", "SOURCE_HASH"]
+__all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "gmax", "gmin", "grand", "grelu", "glogaddexp",
+           "gsin", "gcos", "gtan", "gasin", "gacos", "gatan", "gsinh", "gcosh", "gasinh", "gacosh", "gatanh", "gerf", "gerfc",
+           "gexp2", "glog2", "glog10", "gfloor", "gceil", "gtrunc", "grint", "gsqrt", "gsign", "SOURCE_HASH"]
+MATH = [n for n in __all__ if n.startswith("g")]  # what generated code imports
 
 SOURCE_HASH: str = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
@@ -294,6 +297,63 @@ def gmax(a, b):
 def gmin(a, b):
     """np.minimum for scalars: NaN in either operand gives NaN."""
     return a if (a < b or a != a) else b
+
+
+# --- libm through NumPy's scalar ufuncs (Numba keeps float32 in float32, libm's *f functions) ------
+def _ufunc(f, doc: str):
+    g = njit(**_PUBLIC)(lambda x: f(x))
+    g.__doc__ = doc
+    return g
+
+
+gsin, gcos, gtan = _ufunc(np.sin, "sin(x)"), _ufunc(np.cos, "cos(x)"), _ufunc(np.tan, "tan(x)")
+gasin, gacos, gatan = _ufunc(np.arcsin, "arcsin(x)"), _ufunc(np.arccos, "arccos(x)"), _ufunc(np.arctan, "arctan(x)")
+gsinh, gcosh = _ufunc(np.sinh, "sinh(x)"), _ufunc(np.cosh, "cosh(x)")
+gasinh, gacosh, gatanh = _ufunc(np.arcsinh, "arcsinh(x)"), _ufunc(np.arccosh, "arccosh(x)"), _ufunc(np.arctanh, "arctanh(x)")
+gexp2, glog2, glog10 = _ufunc(np.exp2, "2**x"), _ufunc(np.log2, "log2(x)"), _ufunc(np.log10, "log10(x)")
+gfloor, gceil, gtrunc = _ufunc(np.floor, "floor(x)"), _ufunc(np.ceil, "ceil(x)"), _ufunc(np.trunc, "trunc(x)")
+grint = _ufunc(np.rint, "x rounded to the nearest integer, halves to even (np.round, torch.round)")
+gsqrt, gsign = _ufunc(np.sqrt, "sqrt(x)"), _ufunc(np.sign, "sign(x): -1, 0 or 1; NaN stays NaN")
+gerf = njit(**_PUBLIC)(lambda x: math.erf(x))
+gerfc = njit(**_PUBLIC)(lambda x: math.erfc(x))
+
+
+def _typed_stub(name: str, make):
+    """A function whose constants take the argument's type: ``make(zero)`` builds it."""
+    def stub(x):
+        with np.errstate(all="ignore"):
+            return make(np.asarray(x).dtype.type(0))(x)
+
+    @overload(stub, jit_options=_JIT)
+    def _ol(x):
+        if isinstance(x, (types.Float, types.Integer)):
+            return make(np.dtype(str(x)).type(0))
+        return None
+    return stub
+
+
+def _relu(zero):
+    return lambda x: zero if x < zero else x  # -0.0 and NaN stay, as torch.relu
+
+
+_relu_stub = _typed_stub("relu", _relu)
+
+
+@njit(**_PUBLIC)
+def grelu(x):
+    """max(x, 0) as torch.relu: -0.0 and NaN pass through."""
+    return _relu_stub(x)
+
+
+@njit(**_PUBLIC)
+def glogaddexp(a, b):
+    """log(exp(a) + exp(b)) without overflow; -inf is the identity."""
+    hi, lo = (a, b) if a > b else (b, a)
+    if hi != hi or lo != lo:
+        return a + b
+    if lo == -np.inf:
+        return hi
+    return hi + _log1p(_exp(lo - hi))
 
 
 _U = np.uint64

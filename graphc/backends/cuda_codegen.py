@@ -26,7 +26,9 @@ from math import prod
 import numpy as np
 
 from ..ir import Node
+from ..ops.cumulative import COMBINE
 from ..passes.fusion import Kernel, base_of
+from .cuda_math import device_name
 from .cuda_writer import KernelCode, KernelWriter
 from .loops import describe, literal
 
@@ -133,11 +135,11 @@ def _reduce(g: KernelWriter, k: Kernel) -> None:
 
 
 def _init(n: Node) -> str:
-    return literal(0 if n.op.name == "sum" else (-np.inf if n.dtype.kind == "f" else np.iinfo(n.dtype).min), n.dtype)
+    return literal(n.op.extra["identity"](n.dtype), n.dtype)
 
 
 def _combine(n: Node, a: str, b: str) -> str:
-    return f"{a} + {b}" if n.op.name == "sum" else f"gmax({a}, {b})"
+    return n.op.extra["combine"].format(a, b)
 
 
 def _tree(g: KernelWriter, reds: list[Node]) -> None:
@@ -260,6 +262,60 @@ def _gather(g: KernelWriter, k: Kernel) -> None:
             raise NotImplementedError(f"no CUDA lowering for {name}")
 
 
+def _cumulative(g: KernelWriter, k: Kernel) -> None:
+    """One thread per row along the axis, running the combine in order (or from the end)."""
+    s, n = g.s, k.nodes[0]
+    axis, shape = n.attrs["axis"], n.shape
+    rows = tuple(1 if a == axis else d for a, d in enumerate(shape))
+    g.set_domain(shape, None)
+    template, identity = COMBINE[n.attrs["combine"]]
+    o = g.out(n)
+    s(f"rows = {g.n(rows)}")
+    g.code.launch = f"launch({g.n(rows)})"
+    with s.block("for r in range(cuda.grid(1), rows, cuda.gridsize(1)):"):
+        g.decompose("r", [a for a in range(len(shape)) if a != axis], rows)
+        s(f"acc = {literal(identity, n.dtype)}")
+        nd = g.d(shape[axis])
+        with s.block(f"for i{axis} in {f'range({nd} - 1, -1, -1)' if n.attrs['reverse'] else f'range({nd})'}:"):
+            idx = g.index(shape)
+            if n.attrs["exclusive"]:
+                s(f"{o}[{g.linear(idx, shape)}] = acc")
+            s(f"acc = {device_name(template, n.dtype).format('acc', g.load(n.inputs[0], idx))}")
+            if not n.attrs["exclusive"]:
+                s(f"{o}[{g.linear(idx, shape)}] = acc")
+
+
+def _argsort(g: KernelWriter, k: Kernel) -> None:
+    """One thread per row: an insertion sort of the row's indices, written in place in the output
+    (stable: an element moves left only past strictly later-ordered ones)."""
+    s, n = g.s, k.nodes[0]
+    axis, shape = n.attrs["axis"], n.shape
+    rows = tuple(1 if a == axis else d for a, d in enumerate(shape))
+    g.set_domain(shape, None)
+    o = g.out(n)
+    s(f"rows = {g.n(rows)}")
+    g.code.launch = f"launch({g.n(rows)})"
+    before = "(u > v or (u != u and v == v))" if n.attrs["descending"] else "(u < v or (v != v and u == u))"
+    at = lambda i: g.linear(g.index(shape)[:axis] + [i] + g.index(shape)[axis + 1:], shape)
+    val = lambda i: g.load(n.inputs[0], g.index(shape)[:axis] + [i] + g.index(shape)[axis + 1:])
+    with s.block("for r in range(cuda.grid(1), rows, cuda.gridsize(1)):"):
+        g.decompose("r", [a for a in range(len(shape)) if a != axis], rows)
+        nd = g.d(shape[axis])
+        with s.block(f"for p in range({nd}):"):
+            s(f"{o}[{at('p')}] = p")
+        with s.block(f"for p in range(1, {nd}):"):
+            s(f"key = {o}[{at('p')}]")
+            s("q = p - 1")
+            with s.block("while q >= 0:"):
+                s(f"u = {val('key')}")
+                s(f"v = {val(o + '[' + at('q') + ']')}")
+                with s.block(f"if not {before}:"):
+                    s("break")
+                s(f"{o}[{at('q + 1')}] = {o}[{at('q')}]")
+                s("q -= 1")
+            s(f"{o}[{at('q + 1')}] = key")
+
+
 def kernel_code(k: Kernel, name: str, skip_writes: set[int], sites: list | None = None,
                 checked: set = frozenset()) -> KernelCode:
     """``skip_writes``: outputs nobody reads (a matmul's raw product under its epilogue);
@@ -267,7 +323,8 @@ def kernel_code(k: Kernel, name: str, skip_writes: set[int], sites: list | None 
     g = KernelWriter(k, name, skip_writes, sites, checked)
     kinds = ", ".join(sorted({n.op.name for n in k.nodes}))
     dom = f"{k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else "")
-    {"loop": _loop, "reduce": _reduce, "matmul": _matmul}.get(k.kind, _gather)(g, k)
+    {"loop": _loop, "reduce": _reduce, "matmul": _matmul, "cumulative": _cumulative, "argsort": _argsort}.get(
+        k.kind, _gather)(g, k)
     return g.finish(f"kernel {k.index} ({dom}): {kinds}", [])
 
 

@@ -31,12 +31,30 @@ def _quiet(f):
     return call
 
 
-if SIMULATOR:
-    _exp, _log, _log1p, _tanh, _sqrt = map(_quiet, (np.exp, np.log, np.log1p, np.tanh, np.sqrt))
+_LIBM = ("exp", "log", "log1p", "tanh", "sqrt", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "asinh",
+         "acosh", "atanh", "erf", "erfc", "expm1", "log2", "log10")
+_NUMPY = {"asin": "arcsin", "acos": "arccos", "atan": "arctan", "asinh": "arcsinh", "acosh": "arccosh", "atanh": "arctanh"}
+if SIMULATOR:  # NumPy's scalar functions: inf and nan where Python's math raises (erf never does)
+    _fn = {n: math.erf if n == "erf" else math.erfc if n == "erfc" else _quiet(getattr(np, _NUMPY.get(n, n))) for n in _LIBM}
 else:
-    _exp, _log, _log1p, _tanh, _sqrt = math.exp, math.log, math.log1p, math.tanh, math.sqrt
+    _fn = {n: getattr(math, n) for n in _LIBM}
+_exp, _log, _log1p, _tanh, _sqrt = (_fn[n] for n in ("exp", "log", "log1p", "tanh", "sqrt"))
 
 device = cuda.jit(device=True)
+
+
+def _libm(name: str):
+    f = _fn[name]
+
+    @device
+    def g(x):
+        return f(x)
+    return g
+
+
+gsin, gcos, gtan, gasin, gacos, gatan = (_libm(n) for n in ("sin", "cos", "tan", "asin", "acos", "atan"))
+gsinh, gcosh, gasinh, gacosh, gatanh = (_libm(n) for n in ("sinh", "cosh", "asinh", "acosh", "atanh"))
+gerf, gerfc, gexpm1, glog2, glog10 = (_libm(n) for n in ("erf", "erfc", "expm1", "log2", "log10"))
 
 
 @device
@@ -76,10 +94,57 @@ def gmin(a, b):
     return a if (a < b or a != a) else b
 
 
+@device
+def glogaddexp(a, b):
+    """log(exp(a) + exp(b)) without overflow; -inf is the identity."""
+    hi, lo = (a, b) if a > b else (b, a)
+    if hi != hi or lo != lo:
+        return a + b
+    if lo == -math.inf:
+        return hi
+    return hi + _log1p(_exp(lo - hi))
+
+
 def _typed(dt):
-    """sign, sigmoid and softplus whose constants have dtype ``dt`` (closure constants
-    are frozen into the compiled code with their NumPy type)."""
-    zero, one = dt(0), dt(1)
+    """Functions whose constants have dtype ``dt`` (closure constants are frozen into the
+    compiled code with their NumPy type): sign, sigmoid, softplus, relu, exp2 and rounding.
+    Rounding is arithmetic: floats at least 2**mantissa apart are integers already, and below
+    that an int64 holds them (math.floor on the GPU returns an integer, losing inf and nan)."""
+    zero, one, half, two = dt(0), dt(1), dt(0.5), dt(2)
+    isfloat = np.dtype(dt).kind == "f"
+    big = dt(2.0 ** np.finfo(dt).nmant) if isfloat else dt(0)
+
+    @device
+    def trunc(x):
+        if not isfloat or not abs(x) < big:  # ints, nan, inf and large floats are integral already
+            return x
+        return dt(np.int64(x))
+
+    @device
+    def floor(x):
+        t = trunc(x)
+        return t - one if t > x else t
+
+    @device
+    def ceil(x):
+        t = trunc(x)
+        return t + one if t < x else t
+
+    @device
+    def rint(x):  # halves to even
+        f = floor(x)
+        d = x - f
+        if d > half or (d == half and f - two * floor(f * half) != zero):
+            return f + one
+        return f
+
+    @device
+    def relu(x):
+        return zero if x < zero else x
+
+    @device
+    def exp2(x):
+        return _exp(x * dt(0.6931471805599453))
 
     @device
     def sign(x):
@@ -93,11 +158,14 @@ def _typed(dt):
     def softplus(x):
         return (x if x > zero else zero) + _log1p(_exp(-abs(x)))
 
-    return sign, sigmoid, softplus
+    return {"gsign": sign, "gsigmoid": sigmoid, "gsoftplus": softplus, "grelu": relu, "gexp2": exp2, "gtrunc": trunc,
+            "gfloor": floor, "gceil": ceil, "grint": rint}
 
 
+_TYPED = ("gsign", "gsigmoid", "gsoftplus", "grelu", "gexp2", "gtrunc", "gfloor", "gceil", "grint")
 for _name in DTYPES:
-    globals()[f"gsign_{_name}"], globals()[f"gsigmoid_{_name}"], globals()[f"gsoftplus_{_name}"] = _typed(np.dtype(_name).type)
+    for _g, _f in _typed(np.dtype(_name).type).items():
+        globals()[f"{_g}_{_name}"] = _f
 
 _U = np.uint64
 _K_KEY, _K_SALT, _GOLDEN = _U(0xD1B54A32D192ED03), _U(0xAEF17502108EF2D9), _U(0x9E3779B97F4A7C15)
@@ -118,12 +186,9 @@ def _grand(key, salt, flat):
 grand = device(_quiet(_grand) if SIMULATOR else _grand)
 
 
-_TYPED = ("gsign", "gsigmoid", "gsoftplus")
-
-
 def device_name(template: str, dtype: np.dtype) -> str:
-    """An op's scalar template with its calls renamed to the device functions above."""
-    text = template.replace("np.sqrt(", "gsqrt(").replace("np.sign(", "gsign(")
+    """An op's scalar template with its typed calls renamed to this dtype's device function."""
+    text = template
     for name in _TYPED:
         if f"{name}(" in text:
             if dtype.name not in DTYPES:
@@ -132,5 +197,6 @@ def device_name(template: str, dtype: np.dtype) -> str:
     return text
 
 
-__all__ = ["gexp", "glog", "glog1p", "gtanh", "gsqrt", "gmax", "gmin", "grand", "device_name", "SIMULATOR",
-           "SOURCE_HASH"] + [f"{n}_{d}" for n in _TYPED for d in DTYPES]
+__all__ = ["gexp", "glog", "glog1p", "gtanh", "gsqrt", "gmax", "gmin", "grand", "glogaddexp", "gsin", "gcos", "gtan", "gasin",
+           "gacos", "gatan", "gsinh", "gcosh", "gasinh", "gacosh", "gatanh", "gerf", "gerfc", "gexpm1", "glog2", "glog10",
+           "device_name", "SIMULATOR", "SOURCE_HASH"] + [f"{n}_{d}" for n in _TYPED for d in DTYPES]

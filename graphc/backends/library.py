@@ -27,7 +27,10 @@ from . import diskcache, native
 
 HERE = Path(__file__).resolve().parent
 FORMAT = "graphc-kernel-1"
-FASTMATH = ("nsz", "arcp", "contract", "afn", "reassoc")  # no nnan/ninf: NaN and inf propagate
+# Only what lets float reductions vectorize (reassoc) and multiply-adds fuse (contract). Not nnan or
+# ninf, and not nsz (with reassoc it folds x + (-x) to 0 when x is NaN), arcp (it turns 1/sqrt(0)
+# into NaN through an approximate reciprocal square root) or afn: NaN and inf propagate as in NumPy.
+FASTMATH = ("reassoc", "contract")
 WORKER_MIN = 6            # new kernels before a worker process is worth its start
 HEADER = """\
 # graphc kernel library entry: one kernel, compiled by Numba as a C function (see cpu_abi.py).
@@ -35,7 +38,7 @@ import numpy as np  # noqa: F401
 from numba import prange  # noqa: F401
 
 from graphc.backends.cpu_abi import JIT as _ABI
-from graphc.backends.cpu_math import gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh  # noqa: F401
+from graphc.backends.cpu_math import *  # noqa: F403 - the g* scalar functions of the ops' templates
 
 globals().update(_ABI)
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
@@ -66,7 +69,7 @@ def _salt() -> str:
             nb = "?"
         runtime = b"".join((HERE / f).read_bytes() for f in ("cpu_math.py", "cpu_abi.py"))
         _state["salt"] = "\0".join([FORMAT, nb, llvmlite.__version__, hashlib.sha256(runtime).hexdigest(),
-                                    native.machine_key(), HEADER])
+                                    native.machine_key(), HEADER, repr(FASTMATH)])
     return _state["salt"]
 
 

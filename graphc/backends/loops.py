@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import fmt_site
 from ..ir import Node
+from ..ops.cumulative import COMBINE
 from ..passes.fusion import Kernel, base_of
 from .layout import ONE, ZERO, Layout, Scratch, View, freeze, scalar_constant
 from .source import Source, comment
@@ -367,12 +368,11 @@ class LoopWriter(KernelWriter):
                 s(f"{self.accname(n, 'part')} += {v}  # sum")
             elif n.id in self.acc_views:
                 acc = self.acc_views[n.id]
-                cur = self.load(acc, acc_idx)
-                self.store(acc, acc_idx, f"{cur} + {v}" if n.op.name == "sum" else f"gmax({cur}, {v})", role="t")
+                self.store(acc, acc_idx, n.op.extra["combine"].format(self.load(acc, acc_idx), v), role="t")
             elif n.op.name == "sum":
                 s(f"{self.accname(n)} += {v}  # sum")
             else:
-                s(f"{self.accname(n)} = gmax({self.accname(n)}, {v})  # max")
+                s(f"{self.accname(n)} = {n.op.extra['combine'].format(self.accname(n), v)}  # {n.op.name}")
         # close loops down to depth f, adding partial sums on the way
         for a in reversed(range(min(f, top), top)):
             opened.pop().__exit__(None, None, None)
@@ -388,7 +388,7 @@ class LoopWriter(KernelWriter):
 
     def init_accumulators(self, reds, kept_after, scalar_acc) -> None:
         for n in reds:
-            init = 0 if n.op.name == "sum" else (-np.inf if n.dtype.kind == "f" else np.iinfo(n.dtype).min)
+            init = n.op.extra["identity"](n.dtype)
             if scalar_acc:
                 self.src(f"{self.accname(n)} = {literal(init, n.dtype)}")
                 continue
@@ -545,6 +545,27 @@ class OtherWriter:
             for v in n.inputs:
                 copy(w, w.view(v), out, lambda t, j, st=start: f"{j} + {w.int(freeze(st))}" if t == axis and st else j)
                 start += v.shape[axis]
+        elif name == "cumulative":  # each row in order: acc = combine(acc, x); out = acc (before it, if exclusive)
+            axis, x = n.attrs["axis"], w.view(n.inputs[0])
+            template, identity = COMBINE[n.attrs["combine"]]
+            js = [f"j{t}" for t in range(n.ndim)]
+            opened = [w.loop(j, w.dim(d)) for t, (j, d) in enumerate(zip(js, n.shape)) if t != axis and d != 1]
+            for o in opened:
+                o.__enter__()
+            w.src(f"acc = {literal(identity, n.dtype)}")
+            nd = w.dim(n.shape[axis])
+            steps = f"range({nd} - 1, -1, -1)" if n.attrs["reverse"] else f"range({nd})"
+            with w.src.block(f"for {js[axis]} in {steps}:"):
+                idx = ["0" if d == 1 else j for j, d in zip(js, n.shape)]
+                if n.attrs["exclusive"]:
+                    w.store(out, idx, "acc")
+                w.src(f"acc = {template.format('acc', w.load(x, idx))}")
+                if not n.attrs["exclusive"]:
+                    w.store(out, idx, "acc")
+            for o in reversed(opened):
+                o.__exit__(None, None, None)
+        elif name == "argsort":
+            OtherWriter.argsort(w, n, out)
         elif name == "unslice":
             index = n.attrs["index"]
             fill(w, out, 0)
@@ -558,6 +579,50 @@ class OtherWriter:
             copy(w, w.view(n.inputs[0]), out, at)
         else:
             raise NotImplementedError(f"no CPU lowering for {name}")
+
+
+    @staticmethod
+    def argsort(w: LoopWriter, n: Node, out: View) -> None:
+        """Each row: a bottom-up merge sort of its indices (stable), in two scratch rows."""
+        s, axis, x = w.src, n.attrs["axis"], w.view(n.inputs[0])
+        nd = w.dim(n.shape[axis])
+        a, b = (w.ptr(w.scratch.take("int64", (n.shape[axis],), w.layout.ws_end), "t") for _ in range(2))
+        before = "(u > v or (u != u and v == v))" if n.attrs["descending"] else "(u < v or (v != v and u == u))"
+        js = [f"j{t}" for t in range(n.ndim)]
+        opened = [w.loop(j, w.dim(d)) for t, (j, d) in enumerate(zip(js, n.shape)) if t != axis and d != 1]
+        for o in opened:
+            o.__enter__()
+        at = lambda k: ["0" if d == 1 else (k if t == axis else j) for t, (j, d) in enumerate(zip(js, n.shape))]
+        with s.block(f"for q in range({nd}):"):
+            s(f"{a}[q] = q")
+        s("width = 1")
+        with s.block(f"while width < {nd}:"):
+            s("lo = 0")
+            with s.block(f"while lo < {nd}:"):
+                s(f"mid = gmin(lo + width, {nd})")
+                s(f"hi = gmin(lo + 2 * width, {nd})")
+                s("p = lo")
+                s("r = mid")
+                with s.block("for q in range(lo, hi):"):
+                    s("take = p < mid")
+                    with s.block("if take and r < hi:"):
+                        s(f"u = {w.load(x, at(f'{a}[r]'))}")
+                        s(f"v = {w.load(x, at(f'{a}[p]'))}")
+                        s(f"take = not {before}")  # the right one goes first only if strictly before
+                    with s.block("if take:"):
+                        s(f"{b}[q] = {a}[p]")
+                        s("p += 1")
+                    with s.block("else:"):
+                        s(f"{b}[q] = {a}[r]")
+                        s("r += 1")
+                s("lo = hi")
+            with s.block(f"for q in range({nd}):"):
+                s(f"{a}[q] = {b}[q]")
+            s("width *= 2")
+        with s.block(f"for q in range({nd}):"):
+            w.store(out, at("q"), f"{a}[q]")
+        for o in reversed(opened):
+            o.__exit__(None, None, None)
 
 
 def fill(w: KernelWriter, out: View, value) -> None:
@@ -597,8 +662,8 @@ def can_parallelize(k: Kernel) -> bool:
     if not k.raxes:
         return True
     f = min(k.raxes)
-    return f >= 1 or (len(k.domain) == 1 and any(n.op.name == "sum" for n in k.nodes)
-                      and not any(n.op.name == "max" for n in k.nodes))
+    reds = [n for n in k.nodes if n.op.kind == "reduce"]
+    return f >= 1 or (len(k.domain) == 1 and all(n.op.name == "sum" for n in reds))  # Numba's parfor reductions: sums
 
 
 def kernel_code(k: Kernel, layout: Layout, inplace: dict | None = None, shared: set | None = None) -> KernelCode:

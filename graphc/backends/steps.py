@@ -37,7 +37,7 @@ HEADER = """\
 # calls a native driver makes, in order: k(A, B) with A the call's arguments and B the bases.
 import numpy as np
 
-from graphc.backends.cpu_math import gexp, glog, glog1p, gmax, gmin, grand, gsigmoid, gsoftplus, gtanh  # noqa: F401
+from graphc.backends.cpu_math import *  # noqa: F403 - the g* scalar functions of the ops' templates
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 """

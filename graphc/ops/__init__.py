@@ -11,46 +11,90 @@ from . import conv, elementwise, index, linalg, nn, random, reduce  # noqa: F401
 from . import shape as _shape_ops  # noqa: F401
 from .arange import arange, iota
 from .conv import avg_pool2d, conv2d, max_pool2d, pad2d
-from .elementwise import (
+from .cumulative import cumprod, cumsum, logcumsumexp
+from .einsum import einsum
+from .elementwise import (  # noqa: A004 - NumPy's names (abs, round)
     abs,
+    arccos,
+    arccosh,
+    arcsin,
+    arcsinh,
+    arctan,
+    arctanh,
     cast,
+    ceil,
+    clip,
+    cos,
+    cosh,
+    elu,
+    erf,
+    erfc,
     ew,
     exp,
+    exp2,
+    expm1,
+    floor,
+    floor_divide,
+    gelu,
+    hardtanh,
+    leaky_relu,
     log,
     log1p,
+    log2,
+    log10,
+    logical_and,
+    logical_not,
+    logical_or,
     maximum,
     minimum,
+    reciprocal,
     relu,
+    remainder,
+    round,
+    rsqrt,
     sigmoid,
     sign,
+    silu,
+    sin,
+    sinh,
     softplus,
+    softsign,
     sqrt,
     square,
     stop_gradient,
+    tan,
     tanh,
+    trunc,
     where,
 )
 from .index import one_hot, pick, take
 from .linalg import matmul
 from .nn import log_softmax, logsumexp, mse, softmax, softmax_cross_entropy
 from .random import random_uniform
-from .reduce import max, mean, min, sum, sum_to
+from .reduce import all, any, argmax, argmin, max, mean, min, prod, std, sum, sum_to, var
 from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squeeze, swapaxes, transpose
+from .sort import argsort, sort, topk
 
 __all__ = [  # sorted; one line per initial letter
-    "abs", "arange", "avg_pool2d",
+    "abs", "all", "any", "arange", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctanh", "argmax", "argmin",
+    "argsort", "avg_pool2d",
     "broadcast_to",
-    "cast", "concatenate", "conv2d",
-    "exp", "expand_dims",
+    "cast", "ceil", "clip", "concatenate", "conv2d", "cos", "cosh", "cumprod", "cumsum",
+    "einsum", "elu", "erf", "erfc", "exp", "exp2", "expand_dims", "expm1",
+    "floor", "floor_divide",
+    "gelu",
+    "hardtanh",
     "iota",
-    "log", "log1p", "log_softmax", "logsumexp",
+    "leaky_relu", "log", "log10", "log1p", "log2", "log_softmax", "logcumsumexp", "logical_and", "logical_not",
+    "logical_or", "logsumexp",
     "matmul", "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse",
     "one_hot",
-    "pad2d", "pick",
-    "random_uniform", "relu", "reshape",
-    "sigmoid", "sign", "softmax", "softmax_cross_entropy", "softplus", "sqrt", "square", "squeeze", "stop_gradient",
-    "sum", "sum_to", "swapaxes",
-    "take", "tanh", "transpose",
+    "pad2d", "pick", "prod",
+    "random_uniform", "reciprocal", "relu", "remainder", "reshape", "round", "rsqrt",
+    "sigmoid", "sign", "silu", "sin", "sinh", "softmax", "softmax_cross_entropy", "softplus", "softsign", "sort",
+    "sqrt", "square", "squeeze", "std", "stop_gradient", "sum", "sum_to", "swapaxes",
+    "take", "tan", "tanh", "topk", "transpose", "trunc",
+    "var",
     "where",
 ]
 
@@ -82,13 +126,15 @@ def _binary(name: str, reflected: bool = False):
     return lambda self, other: ew(name, self, other)
 
 
-for _op, _name in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("truediv", "div"), ("pow", "pow")):
+for _op, _name in (("add", "add"), ("sub", "sub"), ("mul", "mul"), ("truediv", "div"), ("pow", "pow"),
+                   ("floordiv", "floor_divide"), ("mod", "remainder"), ("and", "logical_and"), ("or", "logical_or")):
     setattr(Node, f"__{_op}__", _binary(_name))
     setattr(Node, f"__r{_op}__", _binary(_name, reflected=True))
 for _op, _name in (("lt", "lt"), ("le", "le"), ("gt", "gt"), ("ge", "ge"), ("eq", "eq"), ("ne", "ne")):
     setattr(Node, f"__{_op}__", _binary(_name))
 Node.__hash__ = lambda self: self.id  # __eq__ is elementwise, as in NumPy; identity stays the hash
 Node.__neg__ = lambda self: ew("neg", self)
+Node.__invert__ = lambda self: ew("logical_not", self)  # & | ~ are logical (graphc has no bitwise ops)
 Node.__pos__ = lambda self: self
 Node.__abs__ = lambda self: abs(self)
 Node.__matmul__ = lambda self, other: matmul(self, other)
@@ -101,3 +147,11 @@ Node.reshape = lambda self, *shape: reshape(self, shape[0] if len(shape) == 1 an
 Node.sum = lambda self, axis=None, keepdims=False: sum(self, axis, keepdims)
 Node.mean = lambda self, axis=None, keepdims=False: mean(self, axis, keepdims)
 Node.max = lambda self, axis=None, keepdims=False: max(self, axis, keepdims)
+Node.min = lambda self, axis=None, keepdims=False: min(self, axis, keepdims)
+Node.prod = lambda self, axis=None, keepdims=False: prod(self, axis, keepdims)
+Node.argmax = lambda self, axis=None, keepdims=False: argmax(self, axis, keepdims)
+Node.argmin = lambda self, axis=None, keepdims=False: argmin(self, axis, keepdims)
+Node.var = lambda self, axis=None, correction=1, keepdims=False: var(self, axis, correction, keepdims)
+Node.std = lambda self, axis=None, correction=1, keepdims=False: std(self, axis, correction, keepdims)
+Node.clip = lambda self, lo=None, hi=None: clip(self, lo, hi)
+Node.cumsum = lambda self, axis=None: cumsum(self, axis)
