@@ -367,3 +367,22 @@ def test_concurrent_calls_give_serial_results():
     for t in threads:
         t.join()
     assert not bad
+
+
+@needs_cuda
+@pytest.mark.parametrize("check", ["integer_min", "pow_gradients_at_zero", "infinities_kept", "nan_kept", "ties_split"])
+def test_issue_12_bugs_fixed(check):
+    import test_op_bugs
+    getattr(test_op_bugs, f"check_{check}")("cuda")
+
+
+@needs_cuda
+def test_output_that_is_a_broadcast_view_of_an_input():
+    """The gradient of a broadcast operand is copied into its output (issue 16's NameError: X0)."""
+    a = gc.input("a", (5, 2, 3), "float64")
+    b = gc.input("b", (3,), "float64")
+    loss = gc.sum((a - b) * b)
+    outs = [loss, *gc.grad(loss, [a, b])]
+    av, bv = np.random.default_rng(0).random((5, 2, 3)), np.random.default_rng(1).random(3)
+    for got, want in zip(gc.function([a, b], outs, target="cuda")(av, bv), gc.function([a, b], outs)(av, bv)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -8,6 +8,7 @@ log/sqrt/div/pow only see values in [0.5, 2].
 """
 from __future__ import annotations
 
+import math
 import types
 
 import numpy as np
@@ -42,6 +43,25 @@ NP = types.SimpleNamespace(
     one_hot=lambda idx, depth, dtype="float32": np.eye(depth, dtype=dtype)[idx],
     softmax=_np_softmax, log_softmax=lambda x, axis=-1: np.log(_np_softmax(x, axis)),
     softmax_cross_entropy=_np_sce, mse=lambda p, t: np.mean((p - t) ** 2),
+    sin=np.sin, cos=np.cos, tan=np.tan, arcsin=np.arcsin, arccos=np.arccos, arctan=np.arctan, sinh=np.sinh, cosh=np.cosh,
+    arcsinh=np.arcsinh, arccosh=np.arccosh, arctanh=np.arctanh, expm1=np.expm1, exp2=np.exp2, log2=np.log2, log10=np.log10,
+    erf=lambda x: np.vectorize(math.erf)(x), erfc=lambda x: np.vectorize(math.erfc)(x),
+    floor=np.floor, ceil=np.ceil, trunc=np.trunc, round=np.rint, reciprocal=np.reciprocal, rsqrt=lambda x: 1 / np.sqrt(x),
+    clip=np.clip, silu=lambda x: x / (1 + np.exp(-x)), softsign=lambda x: x / (1 + np.abs(x)),
+    elu=lambda x, a=1.0: np.where(x > 0, x, a * np.expm1(x)), leaky_relu=lambda x, s=0.01: np.where(x > 0, x, s * x),
+    hardtanh=lambda x, lo=-1.0, hi=1.0: np.clip(x, lo, hi),
+    gelu=lambda x, approximate="none": 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2))) if approximate == "none"
+    else 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+    prod=np.prod, var=lambda x, axis=None, correction=1, keepdims=False: np.var(x, axis=axis, ddof=correction, keepdims=keepdims),
+    std=lambda x, axis=None, correction=1, keepdims=False: np.std(x, axis=axis, ddof=correction, keepdims=keepdims),
+    cumsum=lambda x, axis=None, reverse=False: np.flip(np.cumsum(np.flip(x, axis), axis), axis) if reverse
+    else np.cumsum(x, axis),
+    cumprod=lambda x, axis=None, reverse=False: np.flip(np.cumprod(np.flip(x, axis), axis), axis) if reverse
+    else np.cumprod(x, axis),
+    logcumsumexp=lambda x, axis=None, reverse=False: np.log(NP.cumsum(np.exp(x), axis, reverse)),
+    sort=lambda x, axis=-1, descending=False: (-np.sort(-x, axis) if descending else np.sort(x, axis), None),
+    topk=lambda x, k, axis=-1, largest=True: (np.take(-np.sort(-x, axis) if largest else np.sort(x, axis), range(k), axis), None),
+    einsum=np.einsum, where_=np.where,
 )
 
 # --- argument kinds ---------------------------------------------------------------------
@@ -66,6 +86,10 @@ class A:
             return rng.integers(0, self.high, self.shape)
         if self.kind == "bool":
             return rng.random(self.shape) < 0.5
+        if self.kind == "unit":  # inside (-1, 1), away from its ends: arcsin, arccos, arctanh
+            return rng.uniform(-0.8, 0.8, self.shape)
+        if self.kind == "above1":  # arccosh
+            return rng.uniform(1.5, 3.0, self.shape)
         raise AssertionError(self.kind)
 
 
@@ -194,6 +218,29 @@ CASES = [
     case("mlp", lambda m, x, W1, b1, W2: m.tanh(x @ W1 + b1) @ W2, N(5, 4), N(4, 6), N(6), N(6, 3)),
     case("layernorm", lambda m, x: (x - m.mean(x, axis=-1, keepdims=True))
          / m.sqrt(m.mean(m.square(x - m.mean(x, axis=-1, keepdims=True)), axis=-1, keepdims=True) + 1e-5), N(3, 6)),
+    # the op surface of issue 12: elementwise
+    *[case(op, (lambda op: lambda m, x: getattr(m, op)(x))(op), arg) for op, arg in (
+        ("sin", N(3, 4)), ("cos", N(3, 4)), ("tan", A(3, 4, kind="pos")), ("arcsin", A(3, 4, kind="unit")),
+        ("arccos", A(3, 4, kind="unit")), ("arctan", N(3, 4)), ("sinh", N(3, 4)), ("cosh", N(3, 4)), ("arcsinh", N(3, 4)),
+        ("arccosh", A(3, 4, kind="above1")), ("arctanh", A(3, 4, kind="unit")), ("erf", N(3, 4)), ("erfc", N(3, 4)),
+        ("expm1", N(3, 4)), ("exp2", N(3, 4)), ("log2", P(3, 4)), ("log10", P(3, 4)), ("reciprocal", P(3, 4)),
+        ("rsqrt", P(3, 4)), ("silu", N(3, 4)), ("softsign", S(3, 4)), ("gelu", N(3, 4)), ("elu", S(3, 4)),
+        ("leaky_relu", S(3, 4)), ("hardtanh", S(3, 4)))],
+    case("gelu_tanh", lambda m, x: m.gelu(x, approximate="tanh"), N(3, 4)),
+    case("clip", lambda m, x: m.clip(x, -0.6, 0.9), S(3, 4)),
+    case("rounding", lambda m, x: x * (m.floor(x) + m.ceil(x) * 2 + m.trunc(x) * 3 + m.round(x) * 4), S(3, 4)),
+    case("floordiv_mod", lambda m, a, b: a % b + (a // b) * 0.5, S(3, 4), P(4)),
+    # reductions and scans
+    *[case(f"{r}_{tag}", (lambda r, ax, kd: lambda m, x: getattr(m, r)(x, axis=ax, keepdims=kd))(r, ax, kd), S(2, 3, 4))
+      for r in ("prod", "var", "std")
+      for tag, ax, kd in (("all", None, False), ("ax1_keep", 1, True), ("tuple", (0, 2), False))],
+    case("var_correction0", lambda m, x: m.var(x, axis=1, correction=0), S(3, 4)),
+    *[case(f"{r}_{tag}", (lambda r, ax, rev: lambda m, x: getattr(m, r)(x, axis=ax, reverse=rev))(r, ax, rev), S(3, 4))
+      for r in ("cumsum", "cumprod", "logcumsumexp")
+      for tag, ax, rev in (("ax1", 1, False), ("ax0_rev", 0, True), ("flat", None, False))],
+    case("sort_values", lambda m, x: m.sort(x, axis=1)[0] * m.sort(x, axis=0, descending=True)[0], S(3, 4)),
+    case("topk_values", lambda m, x: m.topk(x, 2, axis=1)[0], S(3, 4)),
+    case("einsum_attention", lambda m, q, k: m.einsum("bqd,bkd->bqk", q, k), N(2, 3, 4), N(2, 5, 4)),
 ]
 
 

@@ -232,9 +232,9 @@ class StepWriter:
                     s(f"copy[launch({numel(p.shape)})]({numel(p.shape)}, {src}, {self.names[p.id]})")
                 else:
                     s(self.call(code, [self.names[p.id]]))
-            outs, xs = [], iter(range(len(gathers)))
-            for how, o in self.outputs:
-                outs.append("None" if how == "host" else f"X{next(xs)}" if how == "gather" else self.names[base_of(o)[0].id])
+            outs = []  # a gathered output j was copied into X<j> above (named by its output position)
+            for j, (how, o) in enumerate(self.outputs):
+                outs.append("None" if how == "host" else f"X{j}" if how == "gather" else self.names[base_of(o)[0].id])
             s(f"return ({''.join(f'{o}, ' for o in outs)})")
         return s.text()
 
