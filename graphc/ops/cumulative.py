@@ -31,7 +31,7 @@ def _ref(x, axis, reverse, exclusive, combine):
             r = np.logaddexp.accumulate(y, axis=axis) if y.size else y.copy()
         else:
             r = (np.cumsum if combine == "add" else np.cumprod)(y, axis=axis, dtype=x.dtype)
-    if exclusive:  # shift by one: the first entry is the identity
+    if exclusive and r.shape[axis]:  # shift by one: the first entry is the identity
         first = np.full_like(np.take(r, [0], axis=axis), COMBINE[combine][1])
         r = np.concatenate([first, np.take(r, range(r.shape[axis] - 1), axis=axis)], axis=axis)
     return np.ascontiguousarray(np.flip(r, axis) if reverse else r)

@@ -83,7 +83,7 @@ _def("abs", SAME, np.abs, lambda g, n: [g * sign(_in(n))], "abs({0})")
 _def("sign", SAME, np.sign, lambda g, n: [None], "gsign({0})")
 # relu is its own op, not maximum(x, 0): its gradient at 0 is 0 (torch.relu), where maximum's
 # splits ties; -0.0 and NaN pass through, as in torch.
-_def("relu", SAME, lambda x: np.where(x < 0, np.zeros((), x.dtype), x), lambda g, n: [where(_in(n) > 0, g, 0)], "grelu({0})")
+_def("relu", SAME, lambda x: np.where(x < 0, np.zeros((), x.dtype), x), lambda g, n: [where(_in(n) <= 0, 0, g)], "grelu({0})")
 # trigonometric and hyperbolic functions, and their inverses
 _def("sin", FLOAT, np.sin, lambda g, n: [g * cos(_in(n))], "gsin({0})")
 _def("cos", FLOAT, np.cos, lambda g, n: [-(g * sin(_in(n)))], "gcos({0})")
