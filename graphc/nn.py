@@ -26,6 +26,7 @@ from . import ops
 from .errors import ShapeError
 from .graph import toposort
 from .ir import Node, as_node, param
+from .ops.conv import conv_transpose2d, interpolate
 from .shapes import fmt_shape
 
 _counters: dict[str, itertools.count] = {}
@@ -113,34 +114,92 @@ class Linear(Module):
 
 
 class Conv2D(Module):
-    """2-D convolution over NCHW images (``gc.conv2d``); filters (OUT, C, KH, KW), He-uniform."""
+    """2-D convolution over NCHW images (``gc.conv2d``); filters (OUT, C/groups, KH, KW),
+    He-uniform. ``groups=in_ch`` is a depthwise convolution.
+
+    >>> dw = gc.nn.Conv2D(32, 32, 3, padding=1, groups=32, rng=0)
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int | tuple = 3, stride: int | tuple = 1, padding: int | tuple = 0,
-                 bias: bool = True, init=ginit.he_uniform, rng=None, name: str | None = None):
+                 dilation: int | tuple = 1, groups: int = 1, bias: bool = True, init=ginit.he_uniform, rng=None,
+                 name: str | None = None):
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        if in_ch % groups or out_ch % groups:
+            raise ShapeError(f"Conv2D: channels {in_ch} -> {out_ch} are not divisible by groups={groups}")
         self.name, self.stride, self.padding = name or _auto_name("conv"), stride, padding
-        self.W = self._param("W", init((out_ch, in_ch, kh, kw), rng=rng))
+        self.dilation, self.groups = dilation, groups
+        self.W = self._param("W", init((out_ch, in_ch // groups, kh, kw), rng=rng))
         self.b = self._param("b", ginit.zeros(out_ch)) if bias else None
 
     def __call__(self, x, train: bool = False) -> Node:
-        return ops.conv2d(x, self.W, self.b, self.stride, self.padding)
+        return ops.conv2d(x, self.W, self.b, self.stride, self.padding, self.dilation, self.groups)
+
+
+class ConvTranspose2D(Module):
+    """Transposed convolution over NCHW images (``conv_transpose2d``), e.g. to upsample in a
+    decoder; filters (C, OUT/groups, KH, KW), He-uniform over OUT/groups*KH*KW, as in PyTorch.
+
+    >>> up = gc.nn.ConvTranspose2D(64, 32, 3, stride=2, padding=1, output_padding=1, rng=0)   # H, W doubled
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int | tuple = 3, stride: int | tuple = 1, padding: int | tuple = 0,
+                 output_padding: int | tuple = 0, dilation: int | tuple = 1, groups: int = 1, bias: bool = True,
+                 init=ginit.he_uniform, rng=None, name: str | None = None):
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        if in_ch % groups or out_ch % groups:
+            raise ShapeError(f"ConvTranspose2D: channels {in_ch} -> {out_ch} are not divisible by groups={groups}")
+        self.name = name or _auto_name("convtranspose")
+        self.stride, self.padding, self.output_padding = stride, padding, output_padding
+        self.dilation, self.groups = dilation, groups
+        self.W = self._param("W", init((in_ch, out_ch // groups, kh, kw), rng=rng))
+        self.b = self._param("b", ginit.zeros(out_ch)) if bias else None
+
+    def __call__(self, x, train: bool = False) -> Node:
+        return conv_transpose2d(x, self.W, self.b, self.stride, self.padding, self.output_padding, self.dilation,
+                                self.groups)
 
 
 class MaxPool2D(Module):
-    """``gc.max_pool2d`` over NCHW images; ``stride`` defaults to ``kernel``."""
+    """``gc.max_pool2d`` over NCHW images; ``stride`` defaults to ``kernel``, padding is -inf."""
 
-    def __init__(self, kernel: int | tuple = 2, stride: int | tuple | None = None):
+    def __init__(self, kernel: int | tuple = 2, stride: int | tuple | None = None, padding: int | tuple = 0,
+                 ceil_mode: bool = False):
         self.name, self.kernel, self.stride = _auto_name("maxpool"), kernel, stride
+        self.padding, self.ceil_mode = padding, ceil_mode
 
     def __call__(self, x, train: bool = False) -> Node:
-        return ops.max_pool2d(x, self.kernel, self.stride)
+        return ops.max_pool2d(x, self.kernel, self.stride, self.padding, self.ceil_mode)
 
 
-class AvgPool2D(MaxPool2D):
-    """``gc.avg_pool2d`` over NCHW images; ``stride`` defaults to ``kernel``."""
+class AvgPool2D(Module):
+    """``gc.avg_pool2d`` over NCHW images; ``stride`` defaults to ``kernel``, padding is zeros,
+    counted in the divisor unless ``count_include_pad=False``."""
+
+    def __init__(self, kernel: int | tuple = 2, stride: int | tuple | None = None, padding: int | tuple = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None):
+        self.name, self.kernel, self.stride = _auto_name("avgpool"), kernel, stride
+        self.padding, self.ceil_mode = padding, ceil_mode
+        self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
 
     def __call__(self, x, train: bool = False) -> Node:
-        return ops.avg_pool2d(x, self.kernel, self.stride)
+        return ops.avg_pool2d(x, self.kernel, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+                              self.divisor_override)
+
+
+class Upsample(Module):
+    """Resize NCHW images (``interpolate``) to ``size`` or by ``scale_factor``, ``mode`` "nearest"
+    or "bilinear", as PyTorch's ``nn.Upsample``.
+
+    >>> up = gc.nn.Upsample(scale_factor=2, mode="bilinear")
+    """
+
+    def __init__(self, size: int | tuple | None = None, scale_factor: float | tuple | None = None, mode: str = "nearest",
+                 align_corners: bool | None = None):
+        self.name, self.size, self.scale_factor = _auto_name("upsample"), size, scale_factor
+        self.mode, self.align_corners = mode, align_corners
+
+    def __call__(self, x, train: bool = False) -> Node:
+        return interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners)
 
 
 class Flatten(Module):
@@ -349,5 +408,6 @@ class TransformerBlock(Module):
         return x + self.drop(self.mlp(self.ln2(x), train), train)
 
 
-__all__ = ["Module", "Sequential", "Residual", "Linear", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "Embedding",
-           "LayerNorm", "Dropout", "RNN", "GRU", "MultiHeadAttention", "TransformerBlock", "state_updates"]
+__all__ = ["Module", "Sequential", "Residual", "Linear", "Conv2D", "ConvTranspose2D", "MaxPool2D", "AvgPool2D", "Upsample",
+           "Flatten", "Embedding", "LayerNorm", "Dropout", "RNN", "GRU", "MultiHeadAttention", "TransformerBlock",
+           "state_updates"]

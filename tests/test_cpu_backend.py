@@ -332,3 +332,17 @@ def test_profile_times_every_kernel():
     times = f.profile(RNG.standard_normal((4, 8)).astype(np.float32), RNG.integers(0, 3, 4), repeat=3)
     assert len(times) == len(f.kernels) and all(t > 0 for t in times)
     assert any(not np.array_equal(p.value, b) for p, b in zip(params, before))  # it ran the steps
+
+
+def test_outputs_and_updates_that_need_a_contiguous_copy():
+    """A reshape strides cannot express, returned as is or committed as an update, is copied first."""
+    x = gc.input("x", (2, 2, 6, 6, 3))
+    p = gc.param("p", np.zeros((6, 2), np.float32))
+    merged = gc.reshape(gc.transpose(x, (1, 0, 4, 2, 3)), (2, 6, 6, 6))
+    swap = gc.reshape(gc.transpose(gc.reshape(p + 1, (2, 2, 3)), (2, 1, 0)), (6, 2))
+    xv = RNG.standard_normal((2, 2, 6, 6, 3)).astype(np.float32)
+    got = gc.function([x], merged, updates=[(p, swap)], target="cpu")(xv), p.value.copy()
+    p.value = np.zeros((6, 2), np.float32)
+    want = gc.function([x], merged, updates=[(p, swap)])(xv), p.value.copy()
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)

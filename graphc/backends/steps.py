@@ -141,6 +141,15 @@ class StepBuilder:
                    + [f"in{j}: input {x.name} {x.dtype.name}{tuple(x.shape)}" for j, x in enumerate(self.inputs)],
         }
 
+    def view(self, v: Node, final: Scratch) -> View:
+        """``v`` as a view for the end of the step; a reshape strides cannot express is copied into
+        scratch by a call emitted here, before the call that reads it."""
+        seen = len(final.copies)
+        view = self.layout.view(v, final)
+        for src, tmp in final.copies[seen:]:
+            self.add(copy_code(src, tmp, "a view copied contiguous"), None, ["a strided view copied contiguous"], final)
+        return view
+
     def outputs(self, final: Scratch) -> list:
         """Outputs that are sources are copied in Python before the step; the others by copy
         calls, which run before any commit overwrites a param (outputs see the old params)."""
@@ -157,7 +166,7 @@ class StepBuilder:
             elif o.op.name == "count":
                 out.append(["count", o.dtype.name, list(o.attrs["dims"])])
             else:
-                src = self.layout.view(o, final)
+                src = self.view(o, final)
                 dst = View(("out", n_out), ZERO, c_strides(o.shape), tuple(o.shape), o.dtype.name)
                 self.add(copy_code(src, dst, "an output"), None, [f"output {len(out)}: {describe(o)}"], final)
                 out.append(["out", o.dtype.name, [jform(form(d)) for d in o.shape]])
@@ -173,12 +182,13 @@ class StepBuilder:
         staged = {}
         for p, e in copies:
             if base_of(e)[0].id in targets:
+                src = self.view(e, final)
                 tmp = final.take(e.dtype.name, tuple(e.shape), layout.ws_end)
-                self.add(copy_code(layout.view(e, final), tmp, "a staged update"), None,
+                self.add(copy_code(src, tmp, "a staged update"), None,
                          [f"stage the update of {p.name}: it reads a param another update overwrites"], final)
                 staged[p.id] = tmp
         for p, e in copies:
-            src = staged.get(p.id) or layout.view(e, final)
+            src = staged.get(p.id) or self.view(e, final)
             self.add(copy_code(src, layout.buffer(p), "an update"), None, [f"update of {p.name} ({describe(e)})"], final)
 
 
