@@ -212,6 +212,43 @@ class Flatten(Module):
         return ops.reshape(x, (x.shape[0], -1))
 
 
+class Activation(Module):
+    """An elementwise function as a layer, with its settings fixed: ``Activation(gc.leaky_relu,
+    negative_slope=0.2)``. The named subclasses are torch.nn's activation layers."""
+
+    fn: Callable = staticmethod(ops.relu)
+
+    def __init__(self, fn: Callable | None = None, **settings):
+        self.name, self.settings = _auto_name(type(self).__name__.lower()), settings
+        if fn is not None:
+            self.fn = fn
+
+    def __call__(self, x, train: bool = False) -> Node:
+        return self.fn(x, **self.settings)
+
+
+def _activation(name: str, fn: Callable, *keywords: str) -> type:
+    """A subclass of Activation whose positional arguments are ``keywords`` (``LeakyReLU(0.2)``)."""
+    def __init__(self, *args, **settings):
+        if len(args) > len(keywords):
+            raise TypeError(f"{name} takes at most {len(keywords)} positional arguments ({', '.join(keywords) or 'none'})")
+        Activation.__init__(self, None, **dict(zip(keywords, args)), **settings)
+    doc = f"``gc.{fn.__name__}`` as a layer" + (f" (settings: {', '.join(keywords)})." if keywords else ".")
+    return type(name, (Activation,), {"fn": staticmethod(fn), "__init__": __init__, "__doc__": doc})
+
+
+ReLU = _activation("ReLU", ops.relu)
+GELU = _activation("GELU", ops.gelu, "approximate")
+SiLU = _activation("SiLU", ops.silu)
+Tanh = _activation("Tanh", ops.tanh)
+Sigmoid = _activation("Sigmoid", ops.sigmoid)
+Softplus = _activation("Softplus", ops.softplus)
+Softsign = _activation("Softsign", ops.softsign)
+LeakyReLU = _activation("LeakyReLU", ops.leaky_relu, "negative_slope")
+ELU = _activation("ELU", ops.elu, "alpha")
+Hardtanh = _activation("Hardtanh", ops.hardtanh, "lo", "hi")
+
+
 class Embedding(Module):
     """Rows of a (num, dim) table for integer ids of any shape: (...,) -> (..., dim)."""
 
@@ -391,16 +428,17 @@ class MultiHeadAttention(Module):
 
 
 class TransformerBlock(Module):
-    """Pre-norm residual block: x + attn(ln(x)), then x + mlp(ln(x)), with dropout on each branch."""
+    """Pre-norm residual block: x + attn(ln(x)), then x + mlp(ln(x)), with dropout on each branch;
+    ``activation`` is the MLP's (``gc.gelu`` for GPT-style blocks)."""
 
     def __init__(self, dim: int, heads: int, hidden: int | None = None, dropout: float = 0.0, rng=None,
-                 name: str | None = None):
+                 name: str | None = None, activation: Callable = ops.relu):
         rng = np.random.default_rng(rng)
         self.name = name or _auto_name("block")
         self.ln1, self.ln2 = LayerNorm(dim, name=f"{self.name}.ln1"), LayerNorm(dim, name=f"{self.name}.ln2")
         self.attn = MultiHeadAttention(dim, heads, rng=rng, name=f"{self.name}.attn")
         self.mlp = Sequential(Linear(dim, hidden or 4 * dim, init=ginit.he_uniform, rng=rng, name=f"{self.name}.fc1"),
-                              ops.relu, Linear(hidden or 4 * dim, dim, rng=rng, name=f"{self.name}.fc2"))
+                              activation, Linear(hidden or 4 * dim, dim, rng=rng, name=f"{self.name}.fc2"))
         self.drop = Dropout(dropout, seed=int(rng.integers(2**31)), name=f"{self.name}.drop")
 
     def __call__(self, x, train: bool = False) -> Node:
@@ -410,4 +448,5 @@ class TransformerBlock(Module):
 
 __all__ = ["Module", "Sequential", "Residual", "Linear", "Conv2D", "ConvTranspose2D", "MaxPool2D", "AvgPool2D", "Upsample",
            "Flatten", "Embedding", "LayerNorm", "Dropout", "RNN", "GRU", "MultiHeadAttention", "TransformerBlock",
-           "state_updates"]
+           "state_updates", "Activation", "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softplus", "Softsign", "LeakyReLU",
+           "ELU", "Hardtanh"]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from numba import config
 from test_ops_grad import CASES, _draw, _inputs
+from test_ops_shape import CASES as SHAPE_CASES
 
 import graphc as gc
 
@@ -70,6 +71,22 @@ def test_ops_forward_and_gradients_match_reference(fn, args):
     got = gc.function(xs, outs, target="cuda")(*feeds)
     for a, b in zip(want, got):
         assert isinstance(b, np.ndarray) and b.dtype == a.dtype and b.shape == a.shape
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6)
+
+
+@needs_cuda
+@pytest.mark.parametrize("fn, ref, tfn, args", SHAPE_CASES)
+def test_rearranging_and_indexing_ops_match_reference(fn, ref, tfn, args):
+    """flip/roll/stack/tile/pad/take_along_axis/scatter_add/advanced indexing (test_ops_shape's table):
+    the value and the gradient of sum(out * r), on the device against the reference."""
+    xs, feeds = _inputs(_draw(args), "float32")
+    out = fn(*xs)
+    r = gc.constant(np.random.default_rng(1).standard_normal(out.shape).astype(np.float32))
+    outs = [out * 2.0, *gc.grad(gc.sum(out * r), [x for x in xs if x.dtype.kind == "f"])]
+    want = gc.function(xs, outs)(*feeds)
+    got = gc.function(xs, outs, target="cuda")(*feeds)
+    for a, b in zip(want, got):
+        assert b.dtype == a.dtype and b.shape == a.shape
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-6)
 
 

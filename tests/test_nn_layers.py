@@ -169,3 +169,60 @@ def test_encoder_decoder_step_on_cpu_matches_reference():
     for a, b in zip(results["cpu"][1], results["numpy"][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert results["numpy"][0][-1] < results["numpy"][0][0]  # it learns
+
+
+ACTIVATIONS = [  # graphc layer, torch layer's name and arguments
+    (lambda: nn.ReLU(), "ReLU", ()),
+    (lambda: nn.GELU(), "GELU", ()),
+    (lambda: nn.GELU("tanh"), "GELU", ("tanh",)),
+    (lambda: nn.SiLU(), "SiLU", ()),
+    (lambda: nn.Tanh(), "Tanh", ()),
+    (lambda: nn.Sigmoid(), "Sigmoid", ()),
+    (lambda: nn.Softplus(), "Softplus", ()),
+    (lambda: nn.Softsign(), "Softsign", ()),
+    (lambda: nn.LeakyReLU(0.2), "LeakyReLU", (0.2,)),
+    (lambda: nn.ELU(alpha=0.5), "ELU", (0.5,)),
+    (lambda: nn.Hardtanh(-0.5, 2.0), "Hardtanh", (-0.5, 2.0)),
+]
+
+
+@pytest.mark.parametrize("make, torch_name, args", ACTIVATIONS, ids=[a[1] + str(a[2]) for a in ACTIVATIONS])
+def test_activation_layers(make, torch_name, args):
+    """Each activation layer: its forward and gradient on the cpu backend against the reference
+    backend's and torch.nn's layer of the same name, in a Sequential."""
+    layer = make()
+    assert layer.params() == [] and layer.state() == []
+    x = gc.input("x", (4, 6), "float64")
+    y = nn.Sequential(layer)(x)
+    c = RNG.standard_normal((4, 6))
+    g = gc.grad(gc.sum(y * c), x)
+    xv = RNG.uniform(-3, 3, (4, 6))
+    got_y, got_g = gc.function([x], [y, g], target="cpu")(xv)
+    ref_y, ref_g = gc.function([x], [y, g], target="numpy")(xv)
+    np.testing.assert_allclose(got_y, ref_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_g, ref_g, rtol=1e-12, atol=1e-12)
+    torch = pytest.importorskip("torch")
+    tx = torch.tensor(xv, requires_grad=True)
+    ty = getattr(torch.nn, torch_name)(*args)(tx)
+    (ty * torch.tensor(c)).sum().backward()
+    np.testing.assert_allclose(got_y, ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_g, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_activation_layer_errors_and_custom():
+    with pytest.raises(TypeError, match="LeakyReLU takes at most 1 positional"):
+        nn.LeakyReLU(0.1, 0.2)
+    with pytest.raises(TypeError):
+        nn.ReLU(0.1)
+    x = gc.input("x", (3,), "float64")
+    layer = nn.Activation(gc.clip, lo=-1.0, hi=0.5)
+    out = gc.function([x], layer(x), target="numpy")(np.array([-2.0, 0.0, 2.0]))
+    np.testing.assert_array_equal(out, [-1.0, 0.0, 0.5])
+
+
+def test_transformer_block_activation():
+    """``activation`` replaces the MLP's relu: the block's graph holds the erf of an exact gelu."""
+    x = gc.input("x", (2, 3, 8))
+    y = nn.TransformerBlock(8, 2, activation=gc.gelu, rng=0)(x)
+    assert any(n.op.name == "erf" for n in gc.toposort([y]))
+    assert not any(n.op.name == "relu" for n in gc.toposort([y]))

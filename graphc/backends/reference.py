@@ -11,14 +11,19 @@ from ..errors import GraphcError, fmt_site
 from ..ir import Node
 from ..passes.fusion import base_of
 from ..program import Program
-from ..shapes import resolve
+from ..shapes import resolve, resolve_dim
 
 
-def _resolve_attrs(attrs: dict, env: dict) -> dict:
+def _resolve_attrs(op, attrs: dict, env: dict) -> dict:
+    """Attributes with symbolic dims given their sizes: shape tuples, and the scalar dims an op
+    names in ``dim_attrs`` (a string attribute is otherwise a mode, never a dim)."""
     out = {}
+    dims = op.extra.get("dim_attrs", ())
     for k, v in attrs.items():
         if isinstance(v, tuple) and any(isinstance(d, str) for d in v):
             v = resolve(v, env)
+        elif k in dims and isinstance(v, str):
+            v = resolve_dim(v, env)
         out[k] = v
     return out
 
@@ -40,7 +45,7 @@ def evaluate(n: Node, values: dict[int, np.ndarray], env: dict) -> np.ndarray:
         else:
             raise AssertionError(f"schedule bug: {i!r} is needed by {n!r} but was not computed or was freed")
     try:
-        out = np.asarray(n.op.ref(*args, **_resolve_attrs(n.attrs, env)))
+        out = np.asarray(n.op.ref(*args, **_resolve_attrs(n.op, n.attrs, env)))
     except (IndexError, ValueError, FloatingPointError) as e:
         raise GraphcError(f"{n.op.name} ({fmt_site(n.site)}): {e}") from None
     if out.dtype != n.dtype:  # a broken rule, never the user's fault

@@ -10,7 +10,7 @@ from . import arange as _arange_ops  # noqa: F401
 from . import conv, elementwise, index, linalg, nn, random, reduce  # noqa: F401 - each registers its ops
 from . import shape as _shape_ops  # noqa: F401
 from .arange import arange, iota
-from .conv import avg_pool2d, conv2d, max_pool2d, pad2d
+from .conv import avg_pool2d, conv2d, conv_transpose2d, interpolate, max_pool2d, pad2d
 from .cumulative import cumprod, cumsum, logcumsumexp
 from .einsum import einsum
 from .elementwise import (  # noqa: A004 - NumPy's names (abs, round)
@@ -67,10 +67,12 @@ from .elementwise import (  # noqa: A004 - NumPy's names (abs, round)
     trunc,
     where,
 )
-from .index import one_hot, pick, take
+from .index import one_hot, pick, scatter_add, take, take_along_axis
 from .linalg import matmul
 from .nn import log_softmax, logsumexp, mse, softmax, softmax_cross_entropy
+from .pad import pad
 from .random import random_uniform
+from .rearrange import chunk, diagonal, flip, repeat, roll, split, stack, tile, tril, triu
 from .reduce import all, any, argmax, argmin, max, mean, min, prod, std, sum, sum_to, var
 from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squeeze, swapaxes, transpose
 from .sort import argsort, sort, topk
@@ -79,21 +81,23 @@ __all__ = [  # sorted; one line per initial letter
     "abs", "all", "any", "arange", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctanh", "argmax", "argmin",
     "argsort", "avg_pool2d",
     "broadcast_to",
-    "cast", "ceil", "clip", "concatenate", "conv2d", "cos", "cosh", "cumprod", "cumsum",
+    "cast", "ceil", "chunk", "clip", "concatenate", "conv2d", "conv_transpose2d", "cos", "cosh", "cumprod", "cumsum",
+    "diagonal",
     "einsum", "elu", "erf", "erfc", "exp", "exp2", "expand_dims", "expm1",
-    "floor", "floor_divide",
+    "flip", "floor", "floor_divide",
     "gelu",
     "hardtanh",
-    "iota",
+    "interpolate", "iota",
     "leaky_relu", "log", "log10", "log1p", "log2", "log_softmax", "logcumsumexp", "logical_and", "logical_not",
     "logical_or", "logsumexp",
     "matmul", "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse",
     "one_hot",
-    "pad2d", "pick", "prod",
-    "random_uniform", "reciprocal", "relu", "remainder", "reshape", "round", "rsqrt",
+    "pad", "pad2d", "pick", "prod",
+    "random_uniform", "reciprocal", "relu", "remainder", "repeat", "reshape", "roll", "round", "rsqrt",
+    "scatter_add",
     "sigmoid", "sign", "silu", "sin", "sinh", "softmax", "softmax_cross_entropy", "softplus", "softsign", "sort",
-    "sqrt", "square", "squeeze", "std", "stop_gradient", "sum", "sum_to", "swapaxes",
-    "take", "tan", "tanh", "topk", "transpose", "trunc",
+    "split", "sqrt", "square", "squeeze", "stack", "std", "stop_gradient", "sum", "sum_to", "swapaxes",
+    "take", "take_along_axis", "tan", "tanh", "tile", "topk", "transpose", "tril", "triu", "trunc",
     "var",
     "where",
 ]

@@ -1,15 +1,21 @@
-"""Integer indexing: take (embeddings, gathers), its adjoint scatter_add, and one_hot.
+"""Integer indexing: take (embeddings, gathers), its adjoint scatter_add, and one_hot; and, as
+composites of these, take_along_axis and torch's scatter_add along an axis.
 
 Indices are range-checked: 0 <= i < n (``index_bound`` and ``index_arg`` in the op table). An
 index that is an input is checked in Python before a step runs; a computed one inside the kernel
-that reads it (compiled code does no bounds checks of its own)."""
+that reads it (compiled code does no bounds checks of its own). The composites gather from a flat
+view with one computed index (``flat_index``), built so that it leaves the range exactly when one
+of the user's indices leaves its own axis."""
 from __future__ import annotations
+
+from math import prod
 
 import numpy as np
 
-from ..errors import DTypeError
-from ..ir import Node, as_node, defop, make
-from ..shapes import norm_axes
+from ..errors import DTypeError, ShapeError
+from ..ir import Node, as_node, constant, defop, make
+from ..shapes import broadcast, fmt_shape, is_concrete, norm_axes, size
+from . import elementwise as ew
 
 
 def check_range(idx: np.ndarray, n: int) -> None:
@@ -62,7 +68,7 @@ defop("take", "index", _infer_take, _take_ref,
       index_bound=lambda n: n.inputs[0].shape[n.attrs["axis"]], index_arg=1)
 defop("scatter_add", "index", _infer_scatter, _scatter_ref,
       lambda g, n: [make("take", (g, n.inputs[1]), axis=n.attrs["axis"]), None],
-      index_bound=lambda n: n.attrs["size"], index_arg=1)
+      index_bound=lambda n: n.attrs["size"], index_arg=1, dim_attrs=("size",))
 defop("one_hot", "index", _infer_one_hot, _one_hot_ref, lambda g, n: [None],
       index_bound=lambda n: n.attrs["depth"], index_arg=0)
 
@@ -102,3 +108,132 @@ defop("pick", "index", _infer_pick, _pick_ref,
 def pick(z, indices) -> Node:
     """``z[..., indices[...]]``: one entry of the last axis per row (e.g. the label's logit)."""
     return make("pick", (as_node(z), as_node(indices)))
+
+
+# --- composites: flat indices, take_along_axis, scatter_add along an axis ----------------------
+def dims_value(dims) -> int | Node:
+    """The product of ``dims``: an int when they are static, else an int64 ``count`` node (known at call time)."""
+    dims = tuple(dims)
+    return prod(dims) if is_concrete(dims) else make("count", (), dims=dims, dtype=np.dtype(np.int64))
+
+
+def index_coordinate(index, n, fn: str, axis: int, negative: bool = True) -> tuple[Node, bool]:
+    """An integer index along an axis of size ``n`` as a node, and whether it may be out of
+    range. Arrays are checked here (``negative``: NumPy's wrap-around of -n <= i < 0); a node, or an
+    array on a symbolic axis, is checked when the step runs (see ``flat_index``)."""
+    if isinstance(index, Node):
+        if index.dtype.kind not in "iu":
+            raise DTypeError(f"{fn}: indices have dtype {index.dtype}, expected an integer dtype")
+        return index, True
+    arr = np.asarray(index)
+    if arr.size == 0:
+        arr = arr.astype(np.int64)  # [] is float64 to NumPy
+    if arr.dtype.kind not in "iu":
+        raise DTypeError(f"{fn}: indices have dtype {arr.dtype}, expected an integer dtype"
+                         + (" (boolean masks are not supported: use gc.where)" if arr.dtype == np.bool_ else ""))
+    arr = arr.astype(np.int64)
+    if not isinstance(n, int):
+        return constant(arr), True
+    lo = -n if negative else 0
+    bad = arr[(arr < lo) | (arr >= n)]
+    if bad.size:
+        raise ShapeError(f"{fn}: index {bad.flat[0]} is out of range for axis {axis} of size {n}")
+    return constant(np.where(arr < 0, arr + n, arr)), False
+
+
+def flat_index(coords, dims, checked=()) -> Node:
+    """Row-major position of ``coords`` (integer nodes broadcast together, one per dim of ``dims``; None
+    for one that is always 0, on an axis of size 1) in an array of shape ``dims``, in int64.
+
+    The coordinates at positions ``checked`` may be out of range (computed or input indices). The
+    result then leaves [0, size) too, so the take or scatter_add that reads it raises exactly when one
+    of them is bad: the outermost needs nothing (the others add less than one of its steps); any other
+    is replaced, where bad, by itself when negative, by ``size + (i - n)`` when too large."""
+    total, flat = dims_value(dims), None
+    for k, c in enumerate(coords):
+        if c is not None:
+            stride = dims_value(dims[k + 1:])
+            term = c if isinstance(stride, int) and stride == 1 else _int64(c) * stride
+            flat = term if flat is None else flat + term
+    if flat is None:
+        return constant(np.int64(0))
+    for k, c in enumerate(coords):
+        if k in checked and not all(d == 1 for d in dims[:k]):
+            c, n = _int64(c), dims_value((dims[k],))
+            flat = ew.where(c < 0, c, ew.where(c >= n, total + (c - n), flat))
+    return flat
+
+
+def _int64(i: Node) -> Node:
+    return ew.cast(i, np.int64)
+
+
+def _fits(a, b) -> bool:
+    return a == b or isinstance(a, int) and isinstance(b, int) and a <= b
+
+
+def take_along_axis(x, indices, axis: int | None) -> Node:
+    """``np.take_along_axis``: ``out[..., j, ...] = x[..., indices[..., j, ...], ...]`` along ``axis``; the
+    other axes of ``indices`` broadcast against ``x``'s (``axis=None``: 1-d indices into flattened x).
+
+    >>> top = take_along_axis(scores, order[:, :3], axis=1)   # e.g. order from an argsort
+    """
+    from .arange import iota
+    from .shape import broadcast_to, reshape
+    x = as_node(x)
+    if axis is None:
+        x, axis = reshape(x, (-1,)), 0
+    ndim = np.ndim(indices) if not isinstance(indices, Node) else indices.ndim
+    if ndim != x.ndim:
+        raise ShapeError(f"take_along_axis: indices have {ndim} axes, x {fmt_shape(x.shape)} has {x.ndim}; "
+                         "give them the same number (size-1 axes broadcast)")
+    axis = _axis("take_along_axis", axis, x.ndim)
+    idx, check = index_coordinate(indices, x.shape[axis], "take_along_axis", axis)
+    try:
+        out = tuple(i if d == axis else broadcast((x.shape[d],), (i,))[0] for d, i in enumerate(idx.shape))
+    except ShapeError:
+        raise ShapeError(f"take_along_axis: indices {fmt_shape(idx.shape)} do not broadcast against "
+                         f"x {fmt_shape(x.shape)} off axis {axis}") from None
+    coords = [idx if d == axis else None if x.shape[d] == 1 else iota(out, d) for d in range(x.ndim)]
+    flat = flat_index(coords, x.shape, (axis,) if check else ())
+    return take(reshape(x, (-1,)), broadcast_to(flat, out), 0)
+
+
+def scatter_add(x, indices, src, axis: int) -> Node:
+    """``torch.Tensor.scatter_add`` along ``axis``: x plus ``src[p]`` added at ``x[p with indices[p] on
+    axis]`` for every position p of ``indices`` (repeats accumulate). ``indices``, ``src`` and ``x``
+    have the same number of axes; indices are no larger than src, nor than x off ``axis``.
+
+    >>> counts = scatter_add(gc.constant(np.zeros((2, 5))), labels, ones, axis=1)
+    """
+    from .arange import iota
+    from .shape import reshape, slice_axis
+    x = as_node(x)
+    src = as_node(src, x)
+    axis = _axis("scatter_add", axis, x.ndim)
+    idx, check = index_coordinate(indices, x.shape[axis], "scatter_add", axis, negative=False)
+    if not idx.ndim == src.ndim == x.ndim:
+        raise ShapeError(f"scatter_add: x {fmt_shape(x.shape)}, indices {fmt_shape(idx.shape)} and "
+                         f"src {fmt_shape(src.shape)} must have the same number of axes")
+    if src.dtype != x.dtype:
+        raise DTypeError(f"scatter_add: src has dtype {src.dtype}, x {x.dtype}; cast first")
+    for d, i in enumerate(idx.shape):
+        if not _fits(i, src.shape[d]) or d != axis and not _fits(i, x.shape[d]):
+            raise ShapeError(f"scatter_add: indices {fmt_shape(idx.shape)} are larger than src {fmt_shape(src.shape)} "
+                             f"or x {fmt_shape(x.shape)} (off axis {axis}) along axis {d}")
+        if i != src.shape[d]:  # only the part of src that indices cover is added, as torch does
+            src = slice_axis(src, d, 0, i)
+    coords = [idx if d == axis else None if x.shape[d] == 1 else iota(idx.shape, d) for d in range(x.ndim)]
+    flat = flat_index(coords, x.shape, (axis,) if check else ())
+    added = make("scatter_add", (src, flat), axis=0, size=size(x.shape))
+    return x + reshape(added, x.shape)
+
+
+def _axis(fn: str, axis: int, ndim: int) -> int:
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise ShapeError(f"{fn}: axis {axis!r} must be an int")
+    try:
+        return norm_axes(axis, ndim)[0]
+    except ShapeError as e:
+        raise ShapeError(f"{fn}: {e}") from None
+

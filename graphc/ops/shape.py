@@ -5,7 +5,7 @@ import numpy as np
 
 from ..errors import DTypeError, GraphcError, ShapeError
 from ..ir import Node, as_node, defop, make
-from ..shapes import broadcast, check_dim, fmt_shape, infer_reshape, norm_axes
+from ..shapes import broadcast, check_dim, fmt_shape, infer_reshape, norm_axes, size
 
 
 def _np_slice(index):
@@ -130,9 +130,32 @@ def squeeze(x, axis=None) -> Node:
     return reshape(x, tuple(d for i, d in enumerate(x.shape) if i not in axes))
 
 
+def slice_axis(x: Node, axis: int, start: int, stop: int, step: int = 1) -> Node:
+    """``x[..., start:stop:step, ...]`` on one (static) axis, with Python's slice semantics; a view."""
+    if step <= 0:
+        raise ShapeError(f"slice step {step} must be positive")
+    t = slice(start, stop, step).indices(x.shape[axis])
+    if len(range(*t)) == 0:
+        t = (t[0], t[0], 1)
+    if t == (0, x.shape[axis], 1):
+        return x
+    index = [None] * x.ndim
+    index[axis] = t
+    return make("slice", (x,), index=tuple(index))
+
+
+def _is_array(k) -> bool:
+    return isinstance(k, (Node, np.ndarray, list))
+
+
 def getitem(x: Node, key) -> Node:
-    """Basic indexing: ints, slices, None and ...; one integer array or node gathers (np.take)."""
-    from .index import take
+    """NumPy indexing: ints, slices, None and ...; integer arrays or nodes gather, with NumPy's rules
+    for where their (broadcast) axes go. One array is one ``take``; several index a view of their
+    axes as one, by a flat index, so the gradient is one ``scatter_add``.
+
+    >>> x[i, :, j]   # i, j broadcast to (n,): out[k, :] = x[i[k], :, j[k]]
+    """
+    from .index import index_coordinate, take
     key = key if isinstance(key, tuple) else (key,)
     if sum(1 for k in key if k is Ellipsis) > 1:
         raise GraphcError("an index can only have a single ellipsis")
@@ -144,16 +167,14 @@ def getitem(x: Node, key) -> Node:
         key = key[:i] + (slice(None),) * (x.ndim - n_axes) + key[i + 1:]
     else:
         key = key + (slice(None),) * (x.ndim - n_axes)
-    index, out_shape, axis, gather = [], [], 0, None
+    index, out_shape, axis, arrays = [], [], 0, []
     for k in key:
         if k is None:
             out_shape.append(1)
             continue
         d = x.shape[axis]
-        if isinstance(k, (Node, np.ndarray, list)):
-            if gather is not None:
-                raise GraphcError("only one integer-array index is supported; use gc.take")
-            gather = (axis, len(out_shape))
+        if _is_array(k):
+            arrays.append((len(out_shape), k, axis))  # (its axis in the sliced view, the index, its axis in x)
             index.append(None)
             out_shape.append(d)
         elif isinstance(k, slice) and k == slice(None):
@@ -176,12 +197,35 @@ def getitem(x: Node, key) -> Node:
         axis += 1
     y = x if all(t is None for t in index) else make("slice", (x,), index=tuple(index))
     y = reshape(y, tuple(out_shape))
-    if gather is not None:  # numpy: a single array index replaces its axis by the index's shape
-        idx = next(k for k in key if isinstance(k, (Node, np.ndarray, list)))
-        y = take(y, idx, gather[1])
-        # ... unless a slice or None separates it from an integer index: then the index's dims go first.
-        adv = [j for j, k in enumerate(key) if isinstance(k, (Node, np.ndarray, list, int, np.integer))]
-        if adv[-1] - adv[0] + 1 != len(adv):
-            p, nd = gather[1], y.ndim - len(out_shape) + 1
-            y = transpose(y, tuple(range(p, p + nd)) + tuple(a for a in range(y.ndim) if not p <= a < p + nd))
+    if not arrays:
+        return y
+    # A slice or None between the integer (array or int) indices sends the indices' axes first.
+    adv = [j for j, k in enumerate(key) if _is_array(k) or isinstance(k, (int, np.integer))]
+    apart = adv[-1] - adv[0] + 1 != len(adv)
+    coords = [index_coordinate(k, y.shape[p], "getitem", ax) for p, k, ax in arrays]
+    if len(arrays) > 1:
+        return _gather_arrays(y, [p for p, _, _ in arrays], coords, apart)
+    (p, _, _), (idx, _) = arrays[0], coords[0]
+    y = take(y, idx, p)  # numpy: a single array index replaces its axis by the index's shape
+    if apart:
+        nd = idx.ndim
+        y = transpose(y, tuple(range(p, p + nd)) + tuple(a for a in range(y.ndim) if not p <= a < p + nd))
     return y
+
+
+def _gather_arrays(y: Node, axes: list, coords: list, apart: bool) -> Node:
+    """``y`` indexed by several integer arrays on ``axes``: their axes, moved next to each other (to the
+    front when ``apart``), are viewed as one and gathered by one flat index of the broadcast indices."""
+    from .index import flat_index, take
+    try:
+        broadcast(*(c.shape for c, _ in coords))
+    except ShapeError:
+        raise ShapeError("getitem: index arrays of shapes " + ", ".join(fmt_shape(c.shape) for c, _ in coords)
+                         + " do not broadcast together") from None
+    q = 0 if apart else axes[0]
+    rest = [a for a in range(y.ndim) if a not in axes]
+    y = transpose(y, rest[:q] + axes + rest[q:])
+    dims = y.shape[q:q + len(axes)]
+    y = reshape(y, y.shape[:q] + (size(dims),) + y.shape[q + len(axes):])
+    flat = flat_index([c for c, _ in coords], dims, [k for k, (_, check) in enumerate(coords) if check])
+    return take(y, flat, q)
