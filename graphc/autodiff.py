@@ -11,6 +11,10 @@ from .ops import broadcast_to, cast, sum_to
 from .shapes import fmt_shape
 
 
+def _differentiable(n: Node) -> bool:
+    return n.dtype.kind == "f" or bool(n.op.extra.get("multi"))
+
+
 def grad(loss: Node, wrt: Node | Sequence[Node]) -> Node | list[Node]:
     """Symbolic gradients of the scalar ``loss`` with respect to ``wrt``.
 
@@ -39,25 +43,34 @@ def grad(loss: Node, wrt: Node | Sequence[Node]) -> Node | list[Node]:
         if any(i.id in live for i in n.inputs):
             live.add(n.id)
 
-    pending: dict[int, list[Node]] = {loss.id: [constant(1.0, loss.dtype)]}
+    pending: dict[int, list] = {loss.id: [constant(1.0, loss.dtype)]}
     total: dict[int, Node] = {}
     for n in reversed(order):
         parts = pending.pop(n.id, None)
         if not parts:
             continue
         with origin_of(n):
-            g = parts[0]
-            for p in parts[1:]:  # a node used several times sums its adjoints
-                g = g + p
-        if g.adjoint_of is None and g.origin is not None:
-            g.adjoint_of = n
-        total[n.id] = g
-        if n.op.grad is None or not any(i.id in live and i.dtype.kind == "f" for i in n.inputs):
+            if n.op.extra.get("multi"):  # a node with several results (scan): one adjoint per result
+                g = {}
+                for p in parts:
+                    g[p.index] = g[p.index] + p.value if p.index in g else p.value
+            else:
+                g = parts[0]
+                for p in parts[1:]:  # a node used several times sums its adjoints
+                    g = g + p
+        if isinstance(g, Node):
+            if g.adjoint_of is None and g.origin is not None:
+                g.adjoint_of = n
+            total[n.id] = g
+        if n.op.grad is None or not any(i.id in live and _differentiable(i) for i in n.inputs):
             continue
         with origin_of(n):
             contribs = n.op.grad(g, n)
             for inp, c in zip(n.inputs, contribs):
-                if c is None or inp.id not in live or inp.dtype.kind != "f":
+                if c is None or inp.id not in live or not _differentiable(inp):
+                    continue
+                if inp.op.extra.get("multi"):  # the adjoint of one of its results
+                    pending.setdefault(inp.id, []).append(c)
                     continue
                 c = as_node(c, inp)
                 if c.shape != inp.shape:  # broadcast operands sum their adjoints back

@@ -89,7 +89,7 @@ def _type(n: Node) -> str:
 def _attrs(n: Node) -> str:
     parts = []
     for k, v in n.attrs.items():
-        if k == "value":
+        if k == "value" or k == "body":
             continue
         parts.append(f"{k}={v.name if isinstance(v, np.dtype) else v}")
     return (" {" + ", ".join(parts) + "}") if parts else ""
@@ -127,21 +127,34 @@ def format(nodes: Node | Iterable[Node]) -> str:  # noqa: A001 - the public name
 
     >>> print(gc.format(loss))
     """
-    outs = _as_list(nodes)
+    return "\n".join(_format(_as_list(nodes), ""))
+
+
+def _format(outs: list[Node], indent: str, args: tuple = ()) -> list[str]:
+    """Lines of ``format``; a scan's body follows its line, indented, with its placeholders
+    (``carry0``, ``x0``, ``closure0``) as the body's arguments."""
     order = toposort(outs)
     names = namer(order)
-    srcs = [n for n in order if n.op.kind == "source" and not (n.op.name == "constant" and n.attrs["value"].size == 1)]
-    lines = ["{ " + " ".join(f"{names[n.id]}:{_type(n)}" + (" (param)" if n.op.name == "param" else "") for n in srcs) + " ."]
+    arg_ids = {a.id for a in args}
+    srcs = list(args) + [n for n in order if n.op.kind == "source" and n.id not in arg_ids
+                         and not (n.op.name == "constant" and n.attrs["value"].size == 1)]
+    names.update({a.id: a.name for a in args})
+    lines = [indent + "{ " + " ".join(f"{names[n.id]}:{_type(n)}" + (" (param)" if n.op.name == "param" else "")
+                                      for n in srcs) + " ."]
     body = []
     for n in order:
         if n.op.kind == "source":
             continue
-        args = " ".join(names[i.id] for i in n.inputs)
-        body.append((f"  {names[n.id]}:{_type(n)} = {n.op.name} {args}{_attrs(n)}", describe(n, names)))
-    width = max((len(a) for a, _ in body), default=0)
-    lines += [f"{a.ljust(width)}  # {b}" for a, b in body]
-    lines.append("  in (" + ", ".join(names[n.id] for n in outs) + ") }")
-    return "\n".join(lines)
+        args_ = " ".join(names[i.id] for i in n.inputs)
+        body.append((f"{indent}  {names[n.id]}:{_type(n)} = {n.op.name} {args_}{_attrs(n)}", describe(n, names), n))
+    width = max((len(a) for a, _, _ in body), default=0)
+    for a, b, n in body:
+        lines.append(f"{a.ljust(width)}  # {b}")
+        if n.op.name == "scan":
+            inner = n.attrs["body"]
+            lines += _format(list(inner.outputs), indent + "    ", inner.args)
+    lines.append(indent + "  in (" + ", ".join(names[n.id] for n in outs) + ") }")
+    return lines
 
 
 def to_dot(nodes: Node | Iterable[Node], clusters: dict[int, str] | None = None) -> str:

@@ -27,7 +27,7 @@ from .. import __version__
 from ..errors import GraphcError
 from ..shapes import resolve
 from . import library, native
-from .steps import SPEC_FORMAT, StepBuilder, base_label, base_names, bits, debug_namespace, evaluate, render, unnpy
+from .steps import SPEC_FORMAT, StepBuilder, base_label, base_names, bits, debug_namespace, evaluate, flat_calls, render, unnpy
 from .threads import Governor
 
 # Work (elements, ten per transcendental) below which a parallel kernel gains nothing here: a
@@ -54,7 +54,7 @@ _HASH: list = []
 class _Plan:
     """A spec resolved for one set of dims: the int64 plan, the bases it points into, outputs."""
 
-    __slots__ = ("plan", "addr", "template", "workspace", "n_calls", "outs", "parallel", "keys")
+    __slots__ = ("plan", "addr", "template", "workspace", "n_calls", "outs", "parallel", "keys", "kernel_of")
 
 
 class CpuProgram:
@@ -83,7 +83,7 @@ class CpuProgram:
         if debug:
             self._debug_ns: dict = {}
         else:
-            keys = {c["key"]: spec["kernels"][c["key"]] for c in spec["calls"]}
+            keys = {c["key"]: spec["kernels"][c["key"]] for c in flat_calls(spec["calls"])}
             self._addr.update(library.ensure(keys, self.library_stats))
             if not self.cache_hit:
                 library.save_step(self.key, spec)
@@ -99,7 +99,7 @@ class CpuProgram:
         try:
             return (spec["format"] == SPEC_FORMAT and len(spec["params"]) == len(self.params)
                     and all(dt == p.dtype.name and tuple(sh) == p.shape for (dt, sh), p in zip(spec["params"], self.params))
-                    and all(c["key"] in spec["kernels"] for c in spec["calls"]))
+                    and all(c["key"] in spec["kernels"] for c in flat_calls(spec["calls"])))
         except (KeyError, TypeError, ValueError):
             return False
 
@@ -158,34 +158,61 @@ class CpuProgram:
         if got is not None:
             return got
         spec, pl = self.spec, _Plan()
-        calls = spec["calls"]
-        scratch = {dt: max((evaluate(c["scratch"][dt], env) for c in calls if dt in c["scratch"]), default=0)
+        flat = list(flat_calls(spec["calls"]))
+        scratch = {dt: max((evaluate(c["scratch"][dt], env) for c in flat if dt in c["scratch"]), default=0)
                    for dt in spec["ws_dtypes"]}
         pl.workspace = [np.empty(evaluate(spec["ws_end"].get(dt, []), env) + scratch[dt], dt) for dt in spec["ws_dtypes"]]
         bases = self.arenas + pl.workspace + self.consts + [self.errors]
         pl.template = np.array([b.ctypes.data for b in bases], np.int64)
-        pl.keys, args = [], []
-        for c in calls:
+        pl.keys = []
+        for c in flat:
             par = c["pkey"] is not None and evaluate(c["work"], env) >= PARALLEL_MIN and native.parallel_ok()
             pl.keys.append(c["pkey"] if par else c["key"])
-            args.append([self._resolve(s, env) for s in c["slots"]])
-        pl.parallel = any(k != c["key"] for k, c in zip(pl.keys, calls))
+        pl.parallel = any(k != c["key"] for k, c in zip(pl.keys, flat))
         if pl.parallel:
             native.parallel_used()
-        n = pl.n_calls = len(calls)
-        head = [n, pl.template.ctypes.data, len(bases), self.errors.ctypes.data if spec["checks"] else 0]
-        table, blocks, at = [], [], native.PLAN_HEAD + 2 * n
-        for k, a in zip(pl.keys, args):
-            table += [0 if self.debug else self._address(k), at]
-            blocks += a
-            at += len(a)
-        pl.plan = np.array(head + table + blocks, np.int64)
+        addr = {id(c): 0 if self.debug else self._address(k) for c, k in zip(flat, pl.keys)}
+        addrs, kernel_of, words, lens = self._expand(spec["calls"], env, addr)
+        n = pl.n_calls = len(addrs)
+        head = np.array([n, pl.template.ctypes.data, len(bases), self.errors.ctypes.data if spec["checks"] else 0])
+        at = native.PLAN_HEAD + 2 * n + np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        table = np.stack([addrs, at], axis=1).reshape(-1) if n else np.zeros(0, np.int64)
+        pl.plan = np.concatenate([head, table, words]).astype(np.int64)
+        pl.kernel_of = kernel_of
         pl.addr = pl.plan.ctypes.data  # (.ctypes costs a microsecond: not per call)
         pl.outs = [(tuple(evaluate(d, env) for d in o[2]), np.dtype(o[1])) for o in self.outputs if o[0] == "out"]
         if pl.parallel and not self.governor.parallel:
             self.governor = Governor(self.governor.threads, blas=self.governor.blas, parallel=True)
         self._plans[key] = pl
         return pl
+
+    def _expand(self, calls: list[dict], env: dict, addr: dict) -> tuple:
+        """The plan's calls: (kernel addresses, kernel numbers, argument words, words per call).
+        A loop's calls repeat once per step; their arguments are affine in the loop's counter
+        (offsets of the step's slices), so the words of step t are those of step 0 plus t times
+        the difference from step 1: one plan serves any number of steps without compiling."""
+        addrs, kernel_of, words, lens = [], [], [], []
+        for c in calls:
+            if "loop" in c:
+                T = evaluate(c["loop"], env)
+                if T <= 0:
+                    continue
+                a0, k0, w0, l0 = self._expand(c["calls"], {**env, c["var"]: 0}, addr)
+                if T > 1:
+                    w1 = self._expand(c["calls"], {**env, c["var"]: 1}, addr)[2]
+                    w0 = (w0[None, :] + np.arange(T, dtype=np.int64)[:, None] * (w1 - w0)[None, :]).reshape(-1)
+                addrs.append(np.tile(a0, T))
+                kernel_of.append(np.tile(k0, T))
+                words.append(w0)
+                lens.append(np.tile(l0, T))
+                continue
+            block = [self._resolve(sl, env) for sl in c["slots"]]
+            addrs.append(np.array([addr[id(c)]], np.int64))
+            kernel_of.append(np.array([-1 if c["kernel"] is None else c["kernel"]], np.int64))
+            words.append(np.array(block, np.int64))
+            lens.append(np.array([len(block)], np.int64))
+        cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)
+        return cat(addrs), cat(kernel_of), cat(words), cat(lens)
 
     # -- running ---------------------------------------------------------------------------------
     def run(self, arrays: list[np.ndarray], env: dict) -> list[np.ndarray]:
@@ -257,14 +284,13 @@ class CpuProgram:
         args = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
         outs = tuple(args + [np.empty(shape, dt) for shape, dt in pl.outs])
         times: dict[int, list[float]] = {}
-        calls = self.spec["calls"]
         for _ in range(repeat):
             per: dict[int, float] = {}
-            for j, c in enumerate(calls):
+            for j, kernel in enumerate(pl.kernel_of.tolist()):
                 t = time.perf_counter()
                 self._run(pl.addr, outs, j, j + 1)
-                if c["kernel"] is not None:
-                    per[c["kernel"]] = per.get(c["kernel"], 0.0) + time.perf_counter() - t
+                if kernel >= 0:
+                    per[kernel] = per.get(kernel, 0.0) + time.perf_counter() - t
             for k, v in per.items():
                 times.setdefault(k, []).append(v)
         return [float(np.median(times.get(k, [0.0]))) for k in range(self.spec["n_kernels"])]

@@ -60,37 +60,77 @@ class Scratch:
         return View(("ws", dtype), freeze(off), c_strides(shape), tuple(shape), dtype)
 
 
+def fadd(a, b, scale: int = 1) -> Form:
+    """``a + scale * b`` for forms (Counter's own + drops negative terms)."""
+    out = dict(form(dict(a)))
+    for k, c in form(dict(b)).items():
+        out[k] = out.get(k, 0) + scale * c
+    return form(out)
+
+
+def fmul(a, b) -> Form:
+    """The product of two forms."""
+    out: dict = {}
+    for ka, ca in form(dict(a)).items():
+        for kb, cb in form(dict(b)).items():
+            k = tuple(sorted(ka + kb))
+            out[k] = out.get(k, 0) + ca * cb
+    return form(out)
+
+
+def step_view(v: View, index: Form) -> View:
+    """Entry ``index`` (a form, e.g. in a loop's counter) along the leading axis of ``v``."""
+    return View(v.base, freeze(fadd(v.offset, fmul(index, v.strides[0]))), v.strides[1:], v.shape[1:], v.dtype)
+
+
 class Layout:
     """Bases and views of one program. ``params`` fixes the arena order (every param the
-    function touches, in a stable order), so a cached layout binds to a new process's params."""
+    function touches, in a stable order), so a cached layout binds to a new process's params.
 
-    def __init__(self, prog: Program, inputs: list[Node], params: list[Node]):
+    A loop body's program gets a layout of its own (``parent``): its placeholders are ``bindings``
+    (views of the carry buffers, of the step's slice of xs, of closure values), its constants join
+    the root's, and its workspace slots start at ``origin``, past everything live around the loop."""
+
+    def __init__(self, prog: Program, inputs: list[Node], params: list[Node], parent: Layout | None = None,
+                 origin: dict | None = None, bindings: dict | None = None):
         self.prog, self.inputs, self.params = prog, inputs, params
+        self.root = parent.root if parent is not None else self
+        self.bindings = bindings or {}
         self.input_index = {x.id: j for j, x in enumerate(inputs)}
-        self.param_dtypes = sorted({p.dtype.name for p in params})
-        self.param_at: dict[int, tuple[str, int]] = {}
-        fill: dict[str, int] = {}
-        for p in params:
-            self.param_at[p.id] = (p.dtype.name, fill.get(p.dtype.name, 0))
-            fill[p.dtype.name] = fill.get(p.dtype.name, 0) + prod(p.shape)
-        self.consts: list[Node] = []
+        if parent is not None:
+            self.param_dtypes, self.param_at, self.consts = parent.param_dtypes, parent.param_at, parent.consts
+        else:
+            self.param_dtypes = sorted({p.dtype.name for p in params})
+            self.param_at: dict[int, tuple[str, int]] = {}
+            fill: dict[str, int] = {}
+            for p in params:
+                self.param_at[p.id] = (p.dtype.name, fill.get(p.dtype.name, 0))
+                fill[p.dtype.name] = fill.get(p.dtype.name, 0) + prod(p.shape)
+            self.consts: list[Node] = []
         self.ws_dtypes = sorted({dt.name for _, dt in prog.memory.slots})
         self.slot_at: list[Form] = []
-        cursor: dict[str, Form] = {}
+        cursor: dict[str, Form] = {dt: form(dict(f)) for dt, f in (origin or {}).items()}
         for sz, dt in prog.memory.slots:
             start = cursor.get(dt.name, Counter())
             self.slot_at.append(start)
-            cursor[dt.name] = start + linear_form(sz)
+            cursor[dt.name] = fadd(start, linear_form(sz))
         self.ws_end = cursor        # where each dtype's scratch starts
+        for dt in self.ws_dtypes:
+            self.root.need_ws(dt)
         self._views: dict[int, View | None] = {}
 
     def need_ws(self, dtype: str) -> None:
         """A workspace of ``dtype`` exists (scratch may be the only thing in it)."""
-        if dtype not in self.ws_dtypes:
+        if self.root is not self:
+            self.root.need_ws(dtype)
+        elif dtype not in self.ws_dtypes:
             self.ws_dtypes = sorted(self.ws_dtypes + [dtype])
 
     def buffer(self, b: Node) -> View:
-        """The view of a base value: a param, input, array constant or kernel output."""
+        """The view of a base value: a param, input, array constant, kernel output, or a loop
+        body's placeholder."""
+        if b.id in self.bindings:
+            return self.bindings[b.id]
         op = b.op.name
         if op == "param":
             dt, off = self.param_at[b.id]

@@ -45,12 +45,49 @@ def evaluate(n: Node, values: dict[int, np.ndarray], env: dict) -> np.ndarray:
         else:
             raise AssertionError(f"schedule bug: {i!r} is needed by {n!r} but was not computed or was freed")
     try:
+        if n.op.name == "scan_get":  # one of a scan's results (a tuple)
+            return args[0][n.attrs["index"]]
         out = np.asarray(n.op.ref(*args, **_resolve_attrs(n.op, n.attrs, env)))
     except (IndexError, ValueError, FloatingPointError) as e:
         raise GraphcError(f"{n.op.name} ({fmt_site(n.site)}): {e}") from None
     if out.dtype != n.dtype:  # a broken rule, never the user's fault
         raise AssertionError(f"{n.op.name}: computed {out.dtype}, inferred {n.dtype}")
     return out
+
+
+def execute(prog: Program, values: dict, env: dict) -> list[np.ndarray]:
+    """Run ``prog``'s kernels in order over ``values`` (its sources' arrays); the roots' values."""
+    values = dict(values)
+    for k in prog.kernels:
+        local = dict(values)
+        for n in k.nodes:
+            if n.op.name == "scan":
+                local[n.id] = run_scan(n, [evaluate(i, local, env) for i in n.inputs], prog.bodies[n.id], env)
+            else:
+                local[n.id] = evaluate(n, local, env)
+        for o in k.outputs:
+            values[o.id] = local[o.id]
+        for dead in prog.memory.frees.get(k.index, ()):
+            values.pop(dead, None)
+    return [evaluate(r, values, env) for r in prog.roots]
+
+
+def run_scan(n: Node, args: list[np.ndarray], body_prog: Program, env: dict) -> tuple:
+    """A scan, step by step: its body's program runs once per step on the carry, the step's slice
+    of each xs and the closure values; the results are the last carry and the stacked ys."""
+    body = n.attrs["body"]
+    T = resolve_dim(n.attrs["length"], env)
+    C, X = len(body.carry), len(body.xs)
+    carry, xs, fixed = args[:C], args[C:C + X], {p.id: v for p, v in zip(body.closure, args[C + X:])}
+    ys = [np.empty((T,) + resolve(y.shape, env), y.dtype) for y in body.ys]
+    for step in range(T):
+        t = T - 1 - step if n.attrs["reverse"] else step
+        vals = fixed | {p.id: v for p, v in zip(body.carry, carry)} | {p.id: x[t] for p, x in zip(body.xs, xs)}
+        out = execute(body_prog, vals, env)
+        carry = out[:C]
+        for y, v in zip(ys, out[C:]):
+            y[t] = v
+    return tuple(np.array(c, copy=True) for c in carry) + tuple(ys)
 
 
 class ReferenceProgram:
@@ -64,15 +101,7 @@ class ReferenceProgram:
         for p in _params(prog):
             values[p.id] = p._param.value
         with np.errstate(all="ignore"):  # NaN and inf propagate, as in NumPy
-            for k in prog.kernels:
-                local = dict(values)
-                for n in k.nodes:
-                    local[n.id] = evaluate(n, local, env)
-                for o in k.outputs:
-                    values[o.id] = local[o.id]
-                for dead in prog.memory.frees.get(k.index, ()):
-                    values.pop(dead, None)
-            results = [evaluate(r, values, env) for r in prog.roots]
+            results = execute(prog, values, env)
         # an output or update value that is a param or input, or a view of one, must not alias it
         own = lambda r, v, dt=None: np.array(v, dtype=dt, copy=True) if base_of(r)[0].op.kind == "source" \
             else np.asarray(v, dtype=dt)

@@ -22,7 +22,7 @@ from ..passes.fusion import base_of
 from ..program import Program
 from ..shapes import form, form_mul, form_text, size
 from . import library
-from .layout import ZERO, Layout, Scratch, View, c_strides
+from .layout import ZERO, Layout, Scratch, View, c_strides, fadd, step_view
 from .loops import KernelCode, copy_code, describe, kernel_code
 from .source import Source, comment
 
@@ -84,11 +84,19 @@ class StepBuilder:
         self.calls: list[dict] = []
         self.kernels: dict[str, str] = {}
         self.checks: list = []  # (op, site, bound form) of every index range check in a kernel
+        self.loops = 0
 
-    def add(self, code: KernelCode, kernel: int | None, comment_lines: list[str], scratch: Scratch, work=None) -> None:
+    def add(self, code: KernelCode, kernel: int | None, comment_lines: list[str], scratch: Scratch, work=None,
+            layout: Layout | None = None) -> None:
+        """A call of ``code``. Its scratch need counts from the root workspace's end: a loop body's
+        layout starts past the loop's own buffers (``layout.ws_end``)."""
+        layout = layout or self.layout
         need: dict = {}
+        if layout is not self.layout:
+            for dt, end in layout.ws_end.items():
+                need[dt] = fadd(end, self.layout.ws_end.get(dt, {}), -1)
         for dt, n in scratch.items:
-            need[dt] = need.get(dt, form(0)) + form(n)
+            need[dt] = fadd(need.get(dt, {}), form(n))
             self.layout.need_ws(dt)
         key = library.kernel_key(code.source)
         self.kernels[key] = code.source
@@ -115,16 +123,84 @@ class StepBuilder:
             return ["bits", bits(s[2], s[1]), s[1], s[2]]
         return ["count", s[1], list(s[2])]
 
+    def program_calls(self, prog: Program, layout: Layout, kernel: int | None = None) -> None:
+        """The calls of ``prog``'s kernels (a loop body's are numbered by the scan's ``kernel``)."""
+        shared = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
+        where = "" if kernel is None else f"kernel {kernel}'s body, "
+        for k in prog.kernels:
+            at = k.index if kernel is None else kernel
+            if k.kind == "scan":
+                self.scan_calls(k, prog, layout, at)
+                continue
+            code = kernel_code(k, layout, prog.memory.inplace, shared)
+            head = f"{where}kernel {k.index}: {k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else "")
+            for src, tmp in code.scratch.copies:
+                self.add(copy_code(src, tmp, "a view copied contiguous"), at,
+                         [f"{where}kernel {k.index} reads a strided view contiguous: copied first"], code.scratch,
+                         layout=layout)
+            self.add(code, at, [head] + [f"  {describe(n)}" for n in k.nodes], code.scratch, k.loop_work(), layout)
+
+    def scan_calls(self, k, prog: Program, layout: Layout, at: int) -> None:
+        """A scan: its initial carries copied into carry buffers, then a loop over the body's calls
+        (the step's slices of xs and ys are views at the loop counter), then the final carries.
+        Carry buffers and the body's workspace lie past ``layout``'s end, in the loop's region."""
+        s = k.nodes[0]
+        body, bprog = s.attrs["body"], prog.bodies[s.id]
+        C, X = len(body.carry), len(body.xs)
+        region = Scratch()
+        outs = {n.attrs["index"]: n for n in k.outputs if n.op.name == "scan_get"}
+        what = f"kernel {at}: scan over {s.attrs['length']} steps ({describe(s)})"
+        carry = [region.take(p.dtype.name, tuple(p.shape), layout.ws_end) for p in body.carry]
+        for j, v in enumerate(s.inputs[:C]):
+            src = self.view(v, region, layout, at)
+            self.add(copy_code(src, carry[j], "a scan's initial carry"), at, [f"{what}: initial carry {j}"], region,
+                     layout=layout)
+        xs = [self.view(v, region, layout, at) for v in s.inputs[C:C + X]]
+        fixed = [self.view(v, region, layout, at) for v in s.inputs[C + X:]]
+        var = f"@t{self.loops}"
+        self.loops += 1
+        T = form(s.attrs["length"])
+        index = fadd(fadd(T, form(1), -1), form(var), -1) if s.attrs["reverse"] else form(var)
+        bind = {p.id: v for p, v in zip(body.carry, carry)} | {p.id: v for p, v in zip(body.closure, fixed)}
+        bind |= {p.id: step_view(v, index) for p, v in zip(body.xs, xs)}
+        origin = {dt: fadd(layout.ws_end.get(dt, {}), form(0)) for dt in layout.ws_end}
+        for dt, n in region.items:
+            origin[dt] = fadd(origin.get(dt, {}), form(n))
+        blayout = Layout(bprog, [], [], parent=layout, origin=origin, bindings=bind)
+        loop = {"loop": jform(T), "var": var, "kernel": at, "reverse": s.attrs["reverse"], "calls": [],
+                "comment": [what + (", last step first" if s.attrs["reverse"] else "")]}
+        around, self.calls = self.calls, loop["calls"]
+        self.program_calls(bprog, blayout, at)
+        # the step's ys into their stacked outputs, then the next carry (staged when it reads a carry)
+        step = Scratch()
+        for j, y in enumerate(bprog.roots[C:]):
+            if C + j in outs:
+                dst = step_view(layout.buffer(outs[C + j]), index)
+                self.add(copy_code(self.view(y, step, blayout, at), dst, "a scan's output"), at,
+                         [f"{what}: this step's y {j}"], step, layout=blayout)
+        carry_ids = {p.id for p in body.carry}
+        nexts = {}
+        for j, c in enumerate(bprog.roots[:C]):
+            if c.id == body.carry[j].id:
+                continue  # a carry passed on unchanged
+            src = self.view(c, step, blayout, at)
+            if base_of(c)[0].id in carry_ids:  # reads a carry that the copies below overwrite
+                tmp = step.take(src.dtype, src.shape, blayout.ws_end)
+                self.add(copy_code(src, tmp, "a staged carry"), at, [f"{what}: stage carry {j}"], step, layout=blayout)
+                src = tmp
+            nexts[j] = src
+        for j, src in nexts.items():
+            self.add(copy_code(src, carry[j], "a scan's carry"), at, [f"{what}: next carry {j}"], step, layout=blayout)
+        self.calls = around
+        self.calls.append(loop)
+        for j in range(C):
+            if j in outs:
+                self.add(copy_code(carry[j], layout.buffer(outs[j]), "a scan's final carry"), at,
+                         [f"{what}: final carry {j}"], region, layout=layout)
+
     def build(self) -> dict:
         prog, layout = self.prog, self.layout
-        shared = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
-        for k in prog.kernels:
-            code = kernel_code(k, layout, prog.memory.inplace, shared)
-            head = f"kernel {k.index}: {k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else "")
-            for src, tmp in code.scratch.copies:
-                self.add(copy_code(src, tmp, "a view copied contiguous"), k.index,
-                         [f"kernel {k.index} reads a strided view contiguous: copied first"], code.scratch)
-            self.add(code, k.index, [head] + [f"  {describe(n)}" for n in k.nodes], code.scratch, k.loop_work())
+        self.program_calls(prog, layout)
         final = Scratch()
         outputs = self.outputs(final)
         self.commits(final)
@@ -141,13 +217,15 @@ class StepBuilder:
                    + [f"in{j}: input {x.name} {x.dtype.name}{tuple(x.shape)}" for j, x in enumerate(self.inputs)],
         }
 
-    def view(self, v: Node, final: Scratch) -> View:
-        """``v`` as a view for the end of the step; a reshape strides cannot express is copied into
-        scratch by a call emitted here, before the call that reads it."""
+    def view(self, v: Node, final: Scratch, layout: Layout | None = None, kernel: int | None = None) -> View:
+        """``v`` as a view; a reshape strides cannot express is copied into scratch by a call
+        emitted here, before the call that reads it."""
+        layout = layout or self.layout
         seen = len(final.copies)
-        view = self.layout.view(v, final)
+        view = layout.view(v, final)
         for src, tmp in final.copies[seen:]:
-            self.add(copy_code(src, tmp, "a view copied contiguous"), None, ["a strided view copied contiguous"], final)
+            self.add(copy_code(src, tmp, "a view copied contiguous"), kernel, ["a strided view copied contiguous"], final,
+                     layout=layout)
         return view
 
     def outputs(self, final: Scratch) -> list:
@@ -192,14 +270,25 @@ class StepBuilder:
             self.add(copy_code(src, layout.buffer(p), "an update"), None, [f"update of {p.name} ({describe(e)})"], final)
 
 
+def flat_calls(calls: list[dict]):
+    """Every call of a spec in order, loops' bodies included once (not once per step)."""
+    for c in calls:
+        if "loop" in c:
+            yield from flat_calls(c["calls"])
+        else:
+            yield c
+
+
 # --- the generated module, as text ---------------------------------------------------------------
 def render(spec: dict, dims: list[str], keys: list[str] | None = None) -> str:
     """The module ``f.source`` shows: every kernel the step calls, then ``step``. ``keys`` are
-    the kernels a plan chose (parallel variants for big dims); by default the serial ones."""
-    keys = keys or [c["key"] for c in spec["calls"]]
+    the kernels a plan chose (parallel variants for big dims), per call of ``flat_calls``; by
+    default the serial ones."""
+    flat = list(flat_calls(spec["calls"]))
+    keys = keys or [c["key"] for c in flat]
     used = list(dict.fromkeys(keys))
     users: dict[str, list] = {}
-    for c, key in zip(spec["calls"], keys):
+    for c, key in zip(flat, keys):
         users.setdefault(key, []).append(c["kernel"])
     parts = [HEADER.format(version=__version__)]
     for key in used:
@@ -214,16 +303,29 @@ def render(spec: dict, dims: list[str], keys: list[str] | None = None) -> str:
             s("# " + comment(line))
         names = base_names(spec)
         s(f"{', '.join(names)} = range({len(names)})  # indexes of the bases in B")
-        for c, key in zip(spec["calls"], keys):
-            for line in c["comment"]:
-                s("# " + comment(line))
-            args = ", ".join(_slot_text(x, names) for x in c["slots"])
-            s(f"{library.function_name(key)}(np.array([{args}], np.int64), B)")
-            if spec["checks"]:  # as the driver does: a failed index check stops the step here
-                s("if B[E][0]:")
-                s("    return")
+        _render_calls(s, spec["calls"], iter(keys), names, bool(spec["checks"]))
     parts.append(s.text())
     return "\n\n".join(parts)
+
+
+def _render_calls(s: Source, calls: list[dict], keys, names: list[str], checks: bool) -> None:
+    for c in calls:
+        for line in c["comment"]:
+            s("# " + comment(line))
+        if "loop" in c:  # a scan: its counter appears in the offsets of the step's slices
+            with s.block(f"for {c['var'][1:]} in range({_form_text(c['loop'])}):"):
+                _render_calls(s, c["calls"], keys, names, checks)
+            continue
+        args = ", ".join(_slot_text(x, names) for x in c["slots"])
+        s(f"{library.function_name(next(keys))}(np.array([{args}], np.int64), B)")
+        if checks:  # as the driver does: a failed index check stops the step here
+            s("if B[E][0]:")
+            s("    return")
+
+
+def _form_text(jf: list) -> str:
+    """A JSON form over the step's dim arguments (``d_<name>``) and loop counters (``t<k>``)."""
+    return form_text({tuple(n[1:] if n.startswith("@") else "d_" + n for n in k): c for k, c in jf})
 
 
 def base_names(spec: dict) -> list[str]:
@@ -242,7 +344,7 @@ def base_label(base: list) -> str:
 
 def _slot_text(s: list, names: list[str]) -> str:
     if s[0] == "int":
-        return form_text({tuple("d_" + n for n in k): c for k, c in s[1]})
+        return _form_text(s[1])
     if s[0] == "base":
         return base_label(s[1])
     if s[0] == "bits":
@@ -267,5 +369,5 @@ def debug_namespace(source: str) -> dict:
     return ns
 
 
-__all__ = ["StepBuilder", "render", "base_names", "base_label", "bits", "evaluate", "unnpy", "debug_namespace",
+__all__ = ["StepBuilder", "render", "flat_calls", "base_names", "base_label", "bits", "evaluate", "unnpy", "debug_namespace",
            "SPEC_FORMAT"]

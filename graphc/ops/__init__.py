@@ -74,6 +74,7 @@ from .pad import pad
 from .random import random_uniform
 from .rearrange import chunk, diagonal, flip, repeat, roll, split, stack, tile, tril, triu
 from .reduce import all, any, argmax, argmin, max, mean, min, prod, std, sum, sum_to, var
+from .scan import scan
 from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squeeze, swapaxes, transpose
 from .sort import argsort, sort, topk
 
@@ -94,7 +95,7 @@ __all__ = [  # sorted; one line per initial letter
     "one_hot",
     "pad", "pad2d", "pick", "prod",
     "random_uniform", "reciprocal", "relu", "remainder", "repeat", "reshape", "roll", "round", "rsqrt",
-    "scatter_add",
+    "scan", "scatter_add",
     "sigmoid", "sign", "silu", "sin", "sinh", "softmax", "softmax_cross_entropy", "softplus", "softsign", "sort",
     "split", "sqrt", "square", "squeeze", "stack", "std", "stop_gradient", "sum", "sum_to", "swapaxes",
     "take", "take_along_axis", "tan", "tanh", "tile", "topk", "transpose", "tril", "triu", "trunc",

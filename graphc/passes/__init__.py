@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from ..graph import toposort
 from ..ir import Node
 from .rewrite import cse, rewrite
+from .scans import scans
 from .simplify import algebraic, fold_constants, stability
 
 
@@ -29,6 +30,7 @@ PIPELINE = [
     ("algebraic", _rules(algebraic)),
     ("constant folding", _rules(fold_constants)),
     ("cse", cse),
+    ("scans", scans),
 ]
 
 

@@ -6,7 +6,8 @@ A kernel is one of
   elementwise ops that feed them and an epilogue on the reduced values;
 - ``matmul``: one BLAS call and the elementwise epilogue on its result (bias, activation,
   backward masks, optimizer updates);
-- a kernel of its own for every other op (gathers, scatters, copies).
+- a kernel of its own for every other op (gathers, scatters, copies); a ``scan`` kernel runs a
+  loop over its body's own program and writes the scan's results (``scan_get``).
 View ops (reshape, transpose, broadcast_to, slice) are never kernels: backends realize
 them as views or as index arithmetic. networkx keeps merges free of cycles.
 """
@@ -224,7 +225,11 @@ def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
     groups: dict[int, _Group] = {}
     owner: dict[int, int] = {}
     for n in order:
-        if node_class(n) not in ("source", "view"):
+        if n.op.name == "scan_get":  # a scan's results are written by the scan's own kernel
+            gid = owner[n.inputs[0].id]
+            groups[gid].nodes.append(n)
+            owner[n.id] = gid
+        elif node_class(n) not in ("source", "view"):
             g = _Group(len(groups), n)
             groups[g.id], owner[n.id] = g, g.id
     G = nx.DiGraph()
