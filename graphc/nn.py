@@ -14,6 +14,7 @@ keys of any graph, for steps built without an optimizer).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import zlib
@@ -302,26 +303,43 @@ class Dropout(Module):
 
 def state_updates(roots: Node | Sequence[Node]) -> list[tuple[Node, Node]]:
     """(key, key + 1) for every integer param that keys random numbers in the graph of
-    ``roots``, so each step draws new dropout masks.
+    ``roots`` (loop bodies included), so each step draws new dropout masks.
 
     >>> step = gc.function([x], out, updates=gc.nn.state_updates(out))
     """
     roots = [roots] if isinstance(roots, Node) else list(roots)
+    return [(k, k + 1) for k in _random_keys(roots).values() if k.op.name == "param"]
+
+
+def _random_keys(roots: list[Node]) -> dict[int, Node]:
+    """The integer params (and, inside a loop body, the placeholders) that keys of random numbers
+    are computed from; a body's placeholders stand for its scan's inputs."""
     keys: dict[int, Node] = {}
+
+    def sources(v: Node) -> list[Node]:
+        return [m for m in toposort([v]) if m.op.name == "arg" or (m.op.name == "param" and m.dtype.kind in "iu")]
     for n in toposort(roots):
-        if n.op.name == "random_uniform" and n.inputs[0].op.name == "param":
-            keys.setdefault(n.inputs[0].id, n.inputs[0])
-    return [(k, k + 1) for k in keys.values()]
+        if n.op.name == "random_uniform":
+            found = sources(n.inputs[0])
+        elif n.op.name == "scan":
+            body = n.attrs["body"]
+            outer = {p.id: v for p, v in zip(body.args, n.inputs)}
+            found = [m for k in _random_keys(list(body.outputs)).values() if k.id in outer for m in sources(outer[k.id])]
+        else:
+            continue
+        for m in found:
+            keys.setdefault(m.id, m)
+    return keys
 
 
 class _Recurrent(Module):
-    """Unrolled over time: ``xs`` is a list of T inputs (N, n_in), or one (N, T, n_in) node with
-    a static T; returns all states (N, T, H). Without ``h0`` the state starts at zero, and
-    the first step skips ``h @ U``. With ``n_in=None`` the inputs are already projected to
+    """A recurrent layer, run by ``gc.scan`` over time: one compiled loop body whatever the
+    sequence length, which may be symbolic. ``xs`` is (N, T, n_in), or a list of T inputs
+    (N, n_in); the result is every state, (N, T, H). The input projection ``x W + b`` does not
+    depend on the state, so it runs before the loop as one matmul over all steps. Without ``h0``
+    the state starts at zero. With ``n_in=None`` the inputs are already projected to
     ``gates * hidden`` (e.g. by an Embedding of that width), and the layer has no W, b.
-
-    A list is cheaper to differentiate: the adjoint of ``xs[:, t]`` is a zero-filled
-    (N, T, n_in) array per step, so a 3-D input costs O(T²) in the backward pass."""
+    ``run(xs, h0)`` also returns the final state (to carry it to the next chunk of a sequence)."""
 
     gates = 1
 
@@ -333,22 +351,35 @@ class _Recurrent(Module):
         self.U = self._param("U", U.astype(np.float32))
         if n_in is not None:
             self.W = self._param("W", ginit.glorot_uniform((n_in, self.gates * hidden), rng=rng))
-            self.b = self._param("b", ginit.zeros(self.gates * hidden))
+            self.b = self._param("b", self._bias())
+
+    def _bias(self) -> np.ndarray:
+        return ginit.zeros(self.gates * self.hidden)
 
     def __call__(self, xs, h0=None, train: bool = False) -> Node:
+        return self.run(xs, h0)[0]
+
+    def run(self, xs, h0=None):
+        """(every state (N, T, H), the final state) for inputs ``xs`` and initial state ``h0``."""
         if isinstance(xs, (list, tuple)):
-            steps = [as_node(x) for x in xs]
-        else:
-            xs = as_node(xs)
-            if xs.ndim != 3 or not isinstance(xs.shape[1], int):
-                raise ShapeError(f"{self.name}: inputs {fmt_shape(xs.shape)} must be (N, T, n_in) with a static T")
-            steps = [xs[:, t] for t in range(xs.shape[1])]
-        h = None if h0 is None else as_node(h0)
-        hs = []
-        for x in steps:
-            h = self.step(x if self.n_in is None else x @ self.W + self.b, h)
-            hs.append(ops.expand_dims(h, 1))
-        return ops.concatenate(hs, axis=1)  # its adjoint is slices: views, no copies
+            xs = ops.stack([as_node(x) for x in xs], axis=1)
+        xs = as_node(xs)
+        if xs.ndim != 3:
+            raise ShapeError(f"{self.name}: inputs {fmt_shape(xs.shape)} must be (N, T, n_in)")
+        xp = xs if self.n_in is None else xs @ self.W + self.b
+        if xp.shape[-1] != self.gates * self.hidden:
+            raise ShapeError(f"{self.name}: inputs {fmt_shape(xs.shape)} have {xp.shape[-1]} features, expected "
+                             f"{self.n_in if self.n_in is not None else self.gates * self.hidden}")
+        state = self.zero_state(xs.shape[0], xp.dtype) if h0 is None else h0
+        last, hs = ops.scan(lambda h, x: self._scan_step(x, h), state, ops.transpose(xp, (1, 0, 2)))
+        return ops.transpose(hs, (1, 0, 2)), last
+
+    def zero_state(self, n, dtype="float32"):
+        return ops.broadcast_to(as_node(0.0).astype(dtype), (n, self.hidden))
+
+    def _scan_step(self, xp: Node, state):
+        h = self.step(xp, state)
+        return h, h
 
     def step(self, xp: Node, h: Node | None) -> Node:
         """The next state from the projected input ``xp`` and the state ``h`` (None: zero)."""
@@ -370,8 +401,9 @@ class RNN(_Recurrent):
 
 class GRU(_Recurrent):
     """Gated recurrent unit, with PyTorch's gate order (reset, update, new) and equations:
-    r, z = σ(x W_r + h U_r + b), σ(x W_z + h U_z + b); n = tanh(x W_n + b_n + r * (h U_n));
-    h' = (1 - z) * n + z * h.
+    r, z = σ(x W_r + h U_r + b), σ(x W_z + h U_z + b); n = tanh(x W_n + b_n + r * (h U_n + bh));
+    h' = (1 - z) * n + z * h. ``bh`` is torch's ``bias_hh`` of the new gate (its reset and update
+    parts add to ``b``), so torch's weights load exactly.
 
     >>> hs = gc.nn.GRU(16, 64, rng=0)(x)
     """
@@ -380,17 +412,56 @@ class GRU(_Recurrent):
 
     def __init__(self, n_in: int | None, hidden: int, rng=None, name: str | None = None):
         super().__init__(n_in, hidden, rng, name, "gru")
+        self.bh = self._param("bh", ginit.zeros(hidden))
 
     def step(self, xp: Node, h: Node | None) -> Node:
         H = self.hidden
         if h is None:
-            z, n = ops.sigmoid(xp[:, H:2 * H]), ops.tanh(xp[:, 2 * H:])
-            return (1.0 - z) * n
+            h = self.zero_state(xp.shape[0], xp.dtype)
         hu = h @ self.U
         r = ops.sigmoid(xp[:, :H] + hu[:, :H])
         z = ops.sigmoid(xp[:, H:2 * H] + hu[:, H:2 * H])
-        n = ops.tanh(xp[:, 2 * H:] + r * hu[:, 2 * H:])
+        n = ops.tanh(xp[:, 2 * H:] + r * (hu[:, 2 * H:] + self.bh))
         return (1.0 - z) * n + z * h
+
+
+class LSTM(_Recurrent):
+    """Long short-term memory, with PyTorch's gate order (input, forget, cell, output):
+    i, f, o = σ(.), g = tanh(.) of x W + b + h U; c' = f * c + i * g; h' = o * tanh(c'). The state
+    is the pair (h, c); ``b`` is torch's ``bias_ih + bias_hh``, its forget part starting at 1 (so
+    early gradients flow through c). Returns every h; ``run`` also returns the final (h, c).
+
+    >>> hs = gc.nn.LSTM(16, 64, rng=0)(x)
+    >>> hs, (h, c) = lstm.run(x, (h0, c0))
+    """
+
+    gates = 4
+
+    def __init__(self, n_in: int | None, hidden: int, rng=None, name: str | None = None):
+        super().__init__(n_in, hidden, rng, name, "lstm")
+
+    def _bias(self) -> np.ndarray:
+        b = ginit.zeros(4 * self.hidden)
+        b[self.hidden:2 * self.hidden] = 1.0
+        return b
+
+    def zero_state(self, n, dtype="float32"):
+        zero = super().zero_state(n, dtype)
+        return zero, zero
+
+    def _scan_step(self, xp: Node, state):
+        h, c = self.step(xp, state)
+        return (h, c), h
+
+    def step(self, xp: Node, state) -> tuple[Node, Node]:
+        """The next (h, c) from the projected input and the state (h, c) (None: zeros)."""
+        h, c = self.zero_state(xp.shape[0], xp.dtype) if state is None else state
+        H = self.hidden
+        a = xp + h @ self.U
+        i, f = ops.sigmoid(a[:, :H]), ops.sigmoid(a[:, H:2 * H])
+        g, o = ops.tanh(a[:, 2 * H:3 * H]), ops.sigmoid(a[:, 3 * H:])
+        c = f * c + i * g
+        return o * ops.tanh(c), c
 
 
 class MultiHeadAttention(Module):
@@ -446,7 +517,101 @@ class TransformerBlock(Module):
         return x + self.drop(self.mlp(self.ln2(x), train), train)
 
 
+def _modules(m: Module) -> Iterable[Module]:
+    """``m`` and every module inside it."""
+    yield m
+    for v in m._children():
+        if isinstance(v, Module):
+            yield from _modules(v)
+
+
+@contextlib.contextmanager
+def _swapped(m: Module, new: dict[int, Node]):
+    """Inside the block, ``m``'s params (and its sub-modules') are the nodes ``new`` maps their ids to."""
+    undo: list = []
+
+    def swap(v):
+        return new.get(v.id, v) if isinstance(v, Node) else v
+
+    def walk(obj):
+        for k, v in list(vars(obj).items()):
+            if isinstance(v, Module):
+                walk(v)
+            elif isinstance(v, (list, tuple, dict)):
+                items = v.values() if isinstance(v, dict) else v
+                for item in items:
+                    if isinstance(item, Module):
+                        walk(item)
+                repl = {a: swap(b) for a, b in v.items()} if isinstance(v, dict) else type(v)(swap(b) for b in v)
+                if isinstance(v, list):
+                    undo.append((v, list(v)))
+                    v[:] = repl
+                else:
+                    undo.append((obj, k, v))
+                    setattr(obj, k, repl)
+            elif isinstance(v, Node) and v.id in new:
+                undo.append((obj, k, v))
+                setattr(obj, k, new[v.id])
+    walk(m)
+    try:
+        yield
+    finally:
+        for u in reversed(undo):
+            if len(u) == 2:
+                u[0][:] = u[1]
+            else:
+                setattr(*u)
+
+
+class Stack(Module):
+    """``n`` layers of one structure applied in order, run by ``gc.scan`` over the layers: each of
+    the block's params becomes one param stacked along a new leading axis (n, ...), and the block
+    is traced and compiled once, so depth does not multiply the graph or the compile time.
+
+    ``block`` is a Module (every layer starts as a copy of it, as torch.nn.TransformerEncoder's
+    do) or a function ``i -> Module`` called once per layer (each layer its own initial values).
+    A dropout layer in the block shares one key param, mixed with the layer's index.
+
+    >>> blocks = gc.nn.Stack(lambda i: gc.nn.TransformerBlock(64, 4, rng=i), 4)
+    >>> h = blocks(x, train=True)
+    """
+
+    def __init__(self, block: Module | Callable[[int], Module], n: int, name: str | None = None):
+        if int(n) < 1:
+            raise ValueError(f"Stack of {n} layers: need at least one")
+        self.name, self.n = name or _auto_name("stack"), int(n)
+        layers = [block] * self.n if isinstance(block, Module) else [block(i) for i in range(self.n)]
+        template = layers[0]
+        per = [[p for p in layer._all_params() if p.dtype.kind == "f"] for layer in layers]
+        for i, ps in enumerate(per[1:], 1):
+            if [(p.shape, p.dtype) for p in ps] != [(p.shape, p.dtype) for p in per[0]]:
+                raise ShapeError(f"{self.name}: layer {i} has params {[fmt_shape(p.shape) for p in ps]}, layer 0 "
+                                 f"{[fmt_shape(p.shape) for p in per[0]]}: a stack's layers share one structure")
+        self._template, self._own = template, per[0]
+        self.stacked = [param(f"{self.name}.{p.name}", np.stack([ps[k].value for ps in per]))
+                        for k, p in enumerate(per[0])]
+        self._keys = [d.key for d in _modules(template) if isinstance(d, Dropout)]
+
+    def _all_params(self) -> list[Node]:
+        return self.stacked + self._keys
+
+    def __call__(self, x, train: bool = False) -> Node:
+        x = as_node(x)
+        index = ops.arange(self.n)
+
+        def layer(h, xs):
+            ps, i = xs
+            new = {p.id: q for p, q in zip(self._own, ps)} | {k.id: k * self.n + i for k in self._keys}
+            with _swapped(self._template, new):
+                out = _apply(self._template, h, train)
+            if out.shape != h.shape:
+                raise ShapeError(f"{self.name}: a layer maps {fmt_shape(h.shape)} to {fmt_shape(out.shape)}; the "
+                                 "layers of a stack keep the shape of their input")
+            return out, None
+        return ops.scan(layer, x, (list(self.stacked), index))[0]
+
+
 __all__ = ["Module", "Sequential", "Residual", "Linear", "Conv2D", "ConvTranspose2D", "MaxPool2D", "AvgPool2D", "Upsample",
-           "Flatten", "Embedding", "LayerNorm", "Dropout", "RNN", "GRU", "MultiHeadAttention", "TransformerBlock",
-           "state_updates", "Activation", "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softplus", "Softsign", "LeakyReLU",
-           "ELU", "Hardtanh"]
+           "Flatten", "Embedding", "LayerNorm", "Dropout", "RNN", "GRU", "LSTM", "Stack", "MultiHeadAttention",
+           "TransformerBlock", "state_updates", "Activation", "ReLU", "GELU", "SiLU", "Tanh", "Sigmoid", "Softplus",
+           "Softsign", "LeakyReLU", "ELU", "Hardtanh"]

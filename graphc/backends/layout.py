@@ -191,8 +191,8 @@ def _apply(v: Node, x: View) -> View | None:
         for s, t, d in zip(x.strides, v.attrs["index"], shape):
             s = form(dict(s))
             if t is not None:
-                off += Counter({k: c * t[0] for k, c in s.items()})
-                s = Counter({k: c * t[2] for k, c in s.items()})
+                off = fadd(off, s, t[0])  # (Counter's += would drop negative terms: a reversed loop's)
+                s = form({k: c * t[2] for k, c in s.items()})
             st.append(ZERO if d == 1 else freeze(s))
         return View(x.base, freeze(off), tuple(st), shape, dt)
     if op == "reshape":
