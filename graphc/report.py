@@ -27,6 +27,16 @@ def _env_for(fn, env):
     return {d: 1 for d in names}, (" (per unit of " + ", ".join(sorted(names)) + ")") if names else ""
 
 
+def _flops(k, prog, env: dict) -> int:
+    """A kernel's FLOPs; a scan's are its body's, once per step."""
+    if k.kind != "scan":
+        return k.flops(env)
+    s = k.nodes[0]
+    body = prog.bodies[s.id]
+    steps = resolve((s.attrs["length"],), env)[0]
+    return steps * sum(_flops(kb, body, env) for kb in body.kernels)
+
+
 def report(fn, env: dict | None = None) -> str:
     prog = fn.program
     env, per = _env_for(fn, env)
@@ -42,11 +52,20 @@ def report(fn, env: dict | None = None) -> str:
     lines.append(f"kernels: {len(prog.kernels)} ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))})")
     tot_f = tot_b = 0
     for k in prog.kernels:
-        f, b = k.flops(env), k.bytes(env)
+        f, b = _flops(k, prog, env), k.bytes(env)
         tot_f, tot_b = tot_f + f, tot_b + b
         phases = sorted({n.phase for n in k.nodes})
         dom = fmt_shape(k.domain) + (f" reduce axes {k.raxes}" if k.raxes else "")
+        if k.kind == "scan":
+            s = k.nodes[0]
+            dom = f"{s.attrs['length']} steps" + (", reversed" if s.attrs["reverse"] else "")
         lines.append(f"  [{k.index:2d}] {k.kind:<7} {dom:<28} {'+'.join(phases):<17} {_si(f, 'FLOP'):>11} {_si(b, 'B'):>10}")
+        if k.kind == "scan":
+            body = prog.bodies[k.nodes[0].id]
+            kinds_b = Counter(kb.kind for kb in body.kernels)
+            lines.append(f"       body (compiled once): {len(body.kernels)} kernels "
+                         f"({', '.join(f'{v} {kk}' for kk, v in sorted(kinds_b.items()))}), "
+                         f"{_si(sum(body.memory.slot_bytes(env)), 'B')} of workspace")
         if k.kind == "matmul":
             mm = next(n for n in k.nodes if n.op.kind == "matmul")
             a, bb = mm.inputs
@@ -75,7 +94,11 @@ def report(fn, env: dict | None = None) -> str:
     saved = sum(prod(resolve(n.shape, env)) * n.dtype.itemsize for n in mem.saved)
     lines.append(f"  saved for the backward pass: {len(mem.saved)} activations, {_si(saved, 'B')}")
     for n in mem.saved:
-        lines.append(f"    {n.op.name} {fmt_shape(n.shape)} ({fmt_site(n.site)})")
+        what = f"{n.op.name} {fmt_shape(n.shape)}"
+        if n.op.name == "scan_get" and n.attrs["index"] >= len(n.inputs[0].attrs["body"].carry_out):
+            step = prod(resolve(n.shape[1:], env)) * n.dtype.itemsize
+            what = f"a loop's per-step values: {n.shape[0]} × {fmt_shape(n.shape[1:])} = {n.shape[0]} × {_si(step, 'B')}"
+        lines.append(f"    {what} ({fmt_site(n.site)})")
     cache = getattr(fn, "cache_info", None)
     if cache:
         lines.append("")

@@ -160,7 +160,7 @@ class CudaProgram:
         ws = self._workspaces.get(key)
         if ws is None:
             totals = {dt: 0 for dt in self.writer.ws_dtypes}
-            for sz, dt in self.program.memory.slots:
+            for sz, dt in self.writer.slots:  # the memory plan's slots, then loops' own buffers
                 totals[dt.name] += int(np.prod(resolve((sz,), env)))
             slabs = [self.cuda.device_array(max(totals[dt], 1), dt) for dt in self.writer.ws_dtypes]
             ws = (self.module.buffers(*slabs, *key), self._staging(env))
@@ -209,8 +209,10 @@ class CudaProgram:
 
     # -- introspection -------------------------------------------------------------------------
     def profile(self, arrays: list, env: dict, repeat: int = 20) -> list[float]:
-        """Median seconds of each kernel: ``step`` runs with each launch synchronised and timed."""
+        """Median seconds of each kernel: ``step`` runs with each launch synchronised and timed (a
+        scan's: the launches of its body's kernels over all its steps)."""
         times: dict[int, list[float]] = {}
+        run: dict[int, float] = {}
         cuda = self.cuda
 
         class Timed:
@@ -223,17 +225,19 @@ class CudaProgram:
                     t = time.perf_counter()
                     self.kern[config](*args)
                     cuda.synchronize()
-                    times.setdefault(self.index, []).append(time.perf_counter() - t)
+                    run[self.index] = run.get(self.index, 0.0) + time.perf_counter() - t
                 return call
         ns = dict(vars(self.module))
-        for k in self.program.kernels:
-            name = f"k{k.index}_{k.kind}"
-            ns[name] = Timed(ns[name], k.index)
+        for name, index in self.writer.kernel_of.items():
+            ns[name] = Timed(ns[name], index)
         step = types.FunctionType(self.module.step.__code__, ns)
         saved, self.module = self.module, types.SimpleNamespace(**{**vars(self.module), "step": step})
         try:
             for _ in range(repeat):
+                run.clear()
                 self.run(arrays, env)
+                for index, t in run.items():
+                    times.setdefault(index, []).append(t)
         finally:
             self.module = saved
         return [float(np.median(times.get(k.index, [0.0]))) for k in self.program.kernels]

@@ -1,7 +1,15 @@
 """The generated CUDA module: one ``numba.cuda`` kernel per kernel of the program, plus
 ``buffers`` (slices the workspace once per set of dims) and ``step`` (launches the kernels
 in order). ``step`` is plain Python: a kernel launch is a Python call either way, and a
-plain function keeps the module readable and the launches easy to time one by one."""
+plain function keeps the module readable and the launches easy to time one by one.
+
+A ``scan`` is a host loop in ``step``: ``for t in range(T)`` launches the kernels of the loop
+body's own program (generated once, whatever ``T``; a symbolic ``T`` is a dim argument), with
+the body's placeholders bound to flat device buffers: each carry to one of two buffers that
+swap after every step (the body writes the next carry into the other one), each x to the
+step's slice of its xs, each closure value to its buffer. A y is written straight into its
+slot of the stacked output. Inputs that are strided views are copied contiguous once, before
+the loop."""
 from __future__ import annotations
 
 from collections import Counter
@@ -14,7 +22,8 @@ from ..program import Program
 from ..shapes import linear_form, size
 from . import cuda_math
 from .cuda_codegen import TPB, copy_code, kernel_code
-from .cuda_writer import KernelCode, numel
+from .cuda_writer import KernelCode, _paren, dim, numel
+from .loops import describe
 from .source import Source, comment
 
 HEADER = '''\
@@ -106,16 +115,32 @@ def sources(prog: Program, kind: str) -> list[Node]:
     return sorted(found.values(), key=lambda n: n.id)
 
 
+def programs(prog: Program):
+    """``prog`` and the programs of its loop bodies, nested ones included."""
+    yield prog
+    for b in prog.bodies.values():
+        yield from programs(b)
+
+
+def _run(i: str, n: str) -> str:
+    """The slice of flat elements ``[i * n, (i + 1) * n)``: entry ``i`` along a leading axis."""
+    if n == "1":
+        return f"{i}:{i} + 1"
+    return f"{i} * {_paren(n)}:({i} + 1) * {_paren(n)}"
+
+
 class StepWriter:
     """Names every buffer and writes ``buffers`` and ``step``."""
 
     def __init__(self, prog: Program, inputs: list[Node]):
         self.prog, self.inputs = prog, inputs
         self.params = sources(prog, "param")
-        self.consts = [c for c in sources(prog, "constant") if c.attrs["value"].size > 1]
-        self.ws_dtypes = sorted({dt.name for _, dt in prog.memory.slots})
+        seen: dict[int, Node] = {}  # array constants of the step and of its loop bodies
+        for p in programs(prog):
+            seen.update({c.id: c for c in sources(p, "constant") if c.attrs["value"].size > 1})
+        self.consts = sorted(seen.values(), key=lambda n: n.id)
         self.dims = sorted({d for x in inputs for d in x.shape if isinstance(d, str)})
-        self.names: dict[int, str] = {}
+        self.names: dict[int, str] = {}  # the step's own scope; a loop body has its own
         for j, p in enumerate(self.params):
             self.names[p.id] = f"p{j}"
         for j, c in enumerate(self.consts):
@@ -128,9 +153,17 @@ class StepWriter:
                        if not _owned(prog.memory.buffers[e_id].node, prog.kernels[prog.memory.buffers[e_id].first])]
         for j, (_, e) in enumerate(self.staged):
             self.names[e.id] = f"U{j}"
-        for b in prog.memory.buffers.values():
-            if b.node.id not in self.names:
-                self.names[b.node.id] = self.names[prog.memory.inplace[b.node.id].id] if b.slot < 0 else f"b{b.node.id}"
+        # the workspace: the memory plan's slots, then each loop's (its body's slots, carries, copies)
+        self.slots: list[tuple] = list(prog.memory.slots)   # (size, dtype)
+        self.entries: list[tuple] = []                      # (name, slot, size, note): what `buffers` returns
+        for b in sorted(prog.memory.buffers.values(), key=lambda b: b.node.id):
+            if b.node.id in self.names:
+                continue
+            if b.slot < 0:
+                self.names[b.node.id] = self.names[prog.memory.inplace[b.node.id].id]
+            else:
+                self.names[b.node.id] = f"b{b.node.id}"
+                self.entries.append((f"b{b.node.id}", b.slot, size(b.node.shape), f"{b.node.op.name} {b.node.shape}"))
         n_out = prog.n_outputs
         # outputs: "direct" (a workspace buffer, read after the step), "gather" (a copy kernel into X<j>,
         # run before updates overwrite params), or "host" (constants: no kernel at all)
@@ -147,11 +180,19 @@ class StepWriter:
     def write(self) -> str:
         prog = self.prog
         self.checks: list[Node] = []  # index ops whose kernels range-check a computed index, by number
-        read_later = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
-        codes: list[tuple[Kernel | None, KernelCode]] = []
-        for k in prog.kernels:
-            skip = {o.id for o in k.outputs if o.op.kind == "matmul" and o.id not in read_later}
-            codes.append((k, kernel_code(k, f"k{k.index}_{k.kind}", skip, self.checks, prog.checked)))
+        self.codes: list[KernelCode] = []
+        self.kernel_of: dict[str, int] = {}  # generated kernel -> the step's kernel it runs for (profiles)
+        run = Source()
+        run.depth = 1
+        self.check_at = 0
+        self.program(prog, None, self.names, run)
+        if self.checks:  # right after the last kernel that checks an index: no param has changed yet
+            stop = Source()
+            stop.depth = 1
+            stop("# an index found out of range by a kernel above: stop before any output or update")
+            with stop.block("if E.copy_to_host()[0]:"):
+                stop("raise IndexOutOfRange()")
+            run.lines[self.check_at:self.check_at] = stop.lines
         gathers = [(j, copy_code(o, f"out{j}_copy", f"output {j}"))
                    for j, (how, o) in enumerate(self.outputs) if how == "gather"]
         copies = [(p, e) for p, e in prog.updates if e.id not in prog.memory.inplace] + self.staged
@@ -165,37 +206,165 @@ class StepWriter:
             if base_of(e)[0].id in targets:  # reads a param that another copy overwrites (a swap): save it first
                 self.staged.append((p, e))
             update_codes.append((p, e, code, f"U{len(self.staged) - 1}" if base_of(e)[0].id in targets else None))
-        self.codes = [c for _, c in codes] + [c for _, c in gathers] + [c for _, _, c, _ in update_codes if c]
+        self.codes += [c for _, c in gathers] + [c for _, _, c, _ in update_codes if c]
         self.scratch = [sc for c in self.codes for sc in c.scratch]  # (dtype, size), named S0, S1, ... in order
+        self.ws_dtypes = sorted({dt.name for _, dt in self.slots})
         math = ", ".join(n for n in cuda_math.__all__ if n[0] == "g")
         text = [HEADER.format(version=__version__, math=math, cache=not cuda_math.SIMULATOR, tpb=TPB)]
         text += [c.source for c in self.codes]
-        text += [self.buffers(), self.step(codes, gathers, update_codes)]
+        text += [self.buffers(), self.step(run, gathers, update_codes)]
         return "\n\n".join(text)
 
+    # -- the kernels of a program, loops included ---------------------------------------------------
+    def program(self, prog: Program, path: str | None, names: dict, s: Source) -> None:
+        """Launches of ``prog``'s kernels into ``s``; ``path`` names a loop body (``"3"``: the body of
+        the step's kernel 3, ``"3_0"``: of kernel 0 in that body), ``names`` its scope."""
+        read_later = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
+        where = "" if path is None else f"body of kernel {path.replace('_', '.')}, "
+        for k in prog.kernels:
+            at = str(k.index) if path is None else f"{path}_{k.index}"
+            if path is None:
+                self.root = k.index
+            checks = len(self.checks)
+            if k.kind == "scan":
+                self.scan(k, prog, at, names, s, where)
+            else:
+                skip = {o.id for o in k.outputs if o.op.kind == "matmul" and o.id not in read_later}
+                code = self.add(kernel_code(k, f"k{at}_{k.kind}", skip, self.checks, prog.checked))
+                s(f"# {where}kernel {k.index}: {k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else ""))
+                for z in code.zero_first:
+                    s(f"fill0[launch({numel(z.shape)})]({numel(z.shape)}, {names[z.id]})")
+                s(self.call(code, [names[w.id] for w in code.writes], names))
+            if path is None and len(self.checks) > checks:
+                self.check_at = len(s.lines)
+
+    def add(self, code: KernelCode) -> KernelCode:
+        self.codes.append(code)
+        self.kernel_of[code.name] = self.root
+        return code
+
+    def aux(self, name: str, shape: tuple, dtype, note: str) -> str:
+        """A workspace buffer of a loop's own (a carry, a contiguous copy), in a slot of its own."""
+        self.slots.append((size(shape), dtype))
+        self.entries.append((name, len(self.slots) - 1, size(shape), note))
+        return name
+
+    def fill(self, v: Node, dst: str, names: dict, s: Source, tag: str, note: str) -> None:
+        """Write the value of ``v`` (a view, constant or buffer of scope ``names``) into flat ``dst``."""
+        b = base_of(v)[0]
+        if _contiguous(v) and b.id in names:
+            s(f"copy[launch({numel(v.shape)})]({numel(v.shape)}, {names[b.id]}, {dst})  # {note}")
+        else:
+            s(self.call(self.add(copy_code(v, f"k{tag}_copy", note)), [dst], names) + f"  # {note}")
+
+    def operand(self, v: Node, names: dict, s: Source, path: str, tag: str, note: str) -> str:
+        """A flat, contiguous buffer holding ``v``: its own buffer, or a copy made here (once per call)."""
+        b = base_of(v)[0]
+        if _contiguous(v) and b.id in names:
+            return names[b.id]
+        tmp = self.aux(f"a{path}_{tag}", v.shape, v.dtype, f"scan kernel {path}: {note} copied contiguous")
+        self.fill(v, tmp, names, s, f"{path}_{tag}", f"{note}, copied contiguous for the loop")
+        return tmp
+
+    def scan(self, k: Kernel, prog: Program, path: str, names: dict, s: Source, where: str) -> None:
+        """A scan as a host loop over its body's kernels (see the module's docstring)."""
+        sn = k.nodes[0]
+        body, bprog = sn.attrs["body"], prog.bodies[sn.id]
+        C, X = len(body.carry), len(body.xs)
+        T, rev = dim(sn.attrs["length"]), sn.attrs["reverse"]
+        mem = bprog.memory
+        outs = {n.attrs["index"]: n for n in k.outputs if n.op.name == "scan_get"}
+        used = {base_of(v)[0].id for kk in bprog.kernels for v in kk.inputs} | {base_of(r)[0].id for r in bprog.roots}
+        s(f"# {where}kernel {k.index}: scan over {sn.attrs['length']} steps" + (", the last first" if rev else "")
+          + f" ({describe(sn)})")
+        bnames = {c.id: self.names[c.id] for c in self.consts}  # the body's scope
+        own = set()  # body buffers that live in a carry buffer or an output slot instead of the workspace
+
+        def movable(r: Node) -> bool:  # a body buffer, in order: the kernel that computes it can write it elsewhere
+            rb = base_of(r)[0]
+            return _contiguous(r) and rb.id in mem.buffers and mem.buffers[rb.id].slot >= 0 and rb.id not in own
+        cur, nxt = {}, {}
+        late = []  # (value, buffer, tag, note): copies after the body's kernels (none reads what another writes)
+        for j, (p, v) in enumerate(zip(body.carry, sn.inputs[:C])):
+            cur[j] = bnames[p.id] = self.aux(f"c{path}_{j}", p.shape, p.dtype, f"scan kernel {path}: carry {j}")
+            self.fill(v, cur[j], names, s, f"{path}_init{j}", f"initial carry {j}")
+            r = bprog.roots[j]
+            if r.id == p.id:
+                continue  # passed on unchanged: one buffer
+            nxt[j] = self.aux(f"n{path}_{j}", p.shape, p.dtype, f"scan kernel {path}: next carry {j}")
+            if movable(r):
+                bnames[base_of(r)[0].id] = nxt[j]
+                own.add(base_of(r)[0].id)
+            else:
+                late.append((r, nxt[j], f"{path}_carry{j}", f"next carry {j}"))
+        xs = {}
+        for j, (p, v) in enumerate(zip(body.xs, sn.inputs[C:C + X])):
+            if p.id in used:
+                xs[j] = self.operand(v, names, s, path, f"xs{j}", f"xs {j}")
+                bnames[p.id] = f"x{path}_{j}"
+        for j, (p, v) in enumerate(zip(body.closure, sn.inputs[C + X:])):
+            if p.id in used:
+                bnames[p.id] = self.operand(v, names, s, path, f"closure{j}", f"closure value {j}")
+        ys = {}
+        for j, y in enumerate(bprog.roots[C:]):
+            if C + j not in outs:
+                continue
+            ys[j] = f"y{path}_{j}"
+            if movable(y):
+                bnames[base_of(y)[0].id] = ys[j]
+                own.add(base_of(y)[0].id)
+            else:
+                late.append((y, ys[j], f"{path}_y{j}", f"y {j}"))
+        base = len(self.slots)
+        self.slots += mem.slots
+        for b in sorted(mem.buffers.values(), key=lambda b: b.node.id):
+            if b.node.id not in own:
+                bnames[b.node.id] = f"b{path}_{b.node.id}"
+                self.entries.append((bnames[b.node.id], base + b.slot, size(b.node.shape),
+                                     f"{b.node.op.name} {b.node.shape}, in the body of kernel {path.replace('_', '.')}"))
+        t = f"t{path}"
+        with s.block(f"for {t} in range({T}):"):
+            if rev:
+                s(f"i{path} = {T} - 1 - {t}  # reversed: step {t} reads and writes entry i{path}")
+                t = f"i{path}"
+            for j, src in xs.items():
+                s(f"{bnames[body.xs[j].id]} = {src}[{_run(t, numel(body.xs[j].shape))}]  # xs {j} at this step")
+            for j, dst in ys.items():
+                n = numel(bprog.roots[C + j].shape)
+                s(f"{dst} = {names[outs[C + j].id]}[{_run(t, n)}]  # this step's slot of stacked y {j}")
+            self.program(bprog, path, bnames, s)
+            for v, dst, tag, note in late:
+                self.fill(v, dst, bnames, s, tag, note)
+            if nxt:
+                a = ", ".join(f"{cur[j]}, {nxt[j]}" for j in nxt)
+                b = ", ".join(f"{nxt[j]}, {cur[j]}" for j in nxt)
+                s(f"{a} = {b}  # the next carries become the current ones")
+        for j in range(C):
+            if j in outs:
+                n = numel(body.carry[j].shape)
+                s(f"copy[launch({n})]({n}, {cur[j]}, {names[outs[j].id]})  # final carry {j}")
+
+    # -- the module's functions --------------------------------------------------------------------
     def buffers(self) -> str:
         s = Source()
         args = [f"W_{d}" for d in self.ws_dtypes] + [f"d_{_ident(d)}" for d in self.dims]
         with s.block(f"def buffers({', '.join(args)}):"):
             s('"""Workspace slots of the memory plan (buffers of disjoint lifetimes share one)."""')
             slot_off, cursor = {}, {}
-            for j, (sz, dt) in enumerate(self.prog.memory.slots):
+            for j, (sz, dt) in enumerate(self.slots):
                 start = cursor.get(dt.name, Counter())
                 slot_off[j] = start
                 cursor[dt.name] = start + linear_form(sz)
             names = []
-            for b in sorted(self.prog.memory.buffers.values(), key=lambda b: b.node.id):
-                if b.slot < 0:
-                    continue
-                n, off = b.node, slot_off[b.slot]
-                end = off + linear_form(size(n.shape))
-                s(f"b{n.id} = W_{n.dtype.name}[{_linear(off)}:{_linear(end)}]  # {n.op.name} {n.shape}")
-                names.append(f"b{n.id}")
+            for name, slot, sz, note in self.entries:
+                off, dt = slot_off[slot], self.slots[slot][1]
+                s(f"{name} = W_{dt.name}[{_linear(off)}:{_linear(off + linear_form(sz))}]  # {comment(note)}")
+                names.append(name)
             s(f"return ({''.join(f'{x}, ' for x in names)})")
         self.buffer_names = names
         return s.text()
 
-    def step(self, codes, gathers, update_codes) -> str:
+    def step(self, run: Source, gathers, update_codes) -> str:
         prog, s = self.prog, Source()
         args = ["B", "X", "P", "K", "I", "U", "S", "E"] + [f"d_{_ident(d)}" for d in self.dims]
         with s.block(f"def step({', '.join(args)}):"):
@@ -208,15 +377,7 @@ class StepWriter:
                                ("S", [f"S{j}" for j in range(len(self.scratch))])):
                 if names:
                     s(f"{''.join(f'{n}, ' for n in names)}= {tup}")
-            for k, code in codes:
-                s(f"# kernel {k.index}: {k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else ""))
-                for z in code.zero_first:
-                    s(f"fill0[launch({numel(z.shape)})]({numel(z.shape)}, {self.names[z.id]})")
-                s(self.call(code, [self.names[w.id] for w in code.writes]))
-            if self.checks:
-                s("# an index found out of range by a kernel above: stop before any output or update")
-                with s.block("if E.copy_to_host()[0]:"):
-                    s("raise IndexOutOfRange()")
+            s.lines += run.lines
             if gathers:
                 s("# outputs that are views of params, inputs or strided buffers: copied before the updates")
             for j, code in gathers:
@@ -238,8 +399,9 @@ class StepWriter:
             s(f"return ({''.join(f'{o}, ' for o in outs)})")
         return s.text()
 
-    def call(self, code: KernelCode, writes: list[str]) -> str:
-        args = list(code.syms) + [self.names[base_of(v)[0].id] for v in code.reads]
+    def call(self, code: KernelCode, writes: list[str], names: dict | None = None) -> str:
+        names = self.names if names is None else names
+        args = list(code.syms) + [names[base_of(v)[0].id] for v in code.reads]
         args += [f"np.{c.dtype.name}({numel(c.attrs['dims'])})" for c in code.scalars] + writes
         first = sum(len(c.scratch) for c in self.codes[:self.codes.index(code)])
         args += [f"S{first + j}" for j in range(len(code.scratch))] + (["E"] if code.checks else [])
@@ -251,4 +413,4 @@ def generate(prog: Program, inputs: list[Node]) -> tuple[str, StepWriter]:
     return w.write(), w
 
 
-__all__ = ["generate", "StepWriter", "sources"]
+__all__ = ["generate", "StepWriter", "sources", "programs"]

@@ -303,6 +303,36 @@ def _zeros(shape, dtype) -> Node:
     return broadcast_to(constant(0.0, dtype), shape)
 
 
+CHEAP = {"add", "sub", "mul", "neg", "where", "cast", "maximum", "minimum", "abs", "sign", "square", "lt", "le", "gt",
+         "ge", "eq", "ne", "logical_and", "logical_or", "logical_not"}
+
+
+def _fewer_residuals(residuals: dict[int, Node], per_step: set, x_pos: dict) -> dict[int, Node]:
+    """Stack fewer per-step values: a residual computed by cheap elementwise ops (no transcendental
+    function) from per-step values of no more bytes is recomputed in the backward body from those
+    (``1 - y * y`` from ``y``; the step's x costs nothing, it is stacked already)."""
+    from math import prod
+    cost = lambda v: 0 if v.id in x_pos else prod(d if isinstance(d, int) else 64 for d in v.shape) * v.dtype.itemsize
+    res = dict(residuals)
+    changed = True
+    while changed:
+        changed = False
+        for r in list(res.values()):
+            if r.op.name not in CHEAP:
+                continue
+            ins = {}
+            for i in r.inputs:
+                while i.op.name in VIEW_OPS and i.inputs[0].id in per_step:
+                    i = i.inputs[0]
+                if i.id in per_step and i.id not in res:
+                    ins[i.id] = i
+            if sum(cost(i) for i in ins.values()) <= cost(r):
+                del res[r.id]
+                res.update(ins)
+                changed = True
+    return res
+
+
 def scan_grad(parts: dict[int, Node], n: Node) -> list:
     """Adjoints of a scan's inputs from those of its results (``parts``: result index -> adjoint).
 
@@ -347,6 +377,7 @@ def scan_grad(parts: dict[int, Node], n: Node) -> list:
         if g.id not in cot and g.id in per_step:
             residuals.setdefault(g.id, g)
     x_pos = {p.id: j for j, p in enumerate(body.xs)}
+    residuals = _fewer_residuals(residuals, per_step, x_pos)
     stacked = [r for r in residuals.values() if r.id not in x_pos]
     # the forward scan, stacking the residuals too (merged with the original by a pass)
     aug = Body(body.carry, body.xs, body.closure, body.carry_out, body.ys + tuple(stacked), body.family)

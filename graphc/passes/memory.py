@@ -101,7 +101,9 @@ def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[No
         plan.frees[k.index] = [b.node.id for b in buffers.values() if b.last == k.index]
         for b in dead:
             free.setdefault((size(b.node.shape), b.node.dtype), []).append(b.slot)
-    backward = {k.index for k in kernels if any(n.phase == "backward" for n in k.nodes)}
-    plan.saved = [b.node for b in buffers.values() if b.node.phase == "forward"
+    # a loop's stacked residuals are forward values too (its gradient asked for them)
+    phase = lambda n: n.inputs[0].phase if n.op.name == "scan_get" else n.phase
+    backward = {k.index for k in kernels if any(phase(n) == "backward" for n in k.nodes)}
+    plan.saved = [b.node for b in buffers.values() if phase(b.node) == "forward"
                   and any(j in backward for j, _ in reads.get(b.node.id, []))]
     return plan
