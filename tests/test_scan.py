@@ -301,3 +301,13 @@ def test_bad_index_inside_a_body_raises_and_leaves_params(target):
     with pytest.raises(GraphcError, match="index 6 is out of range"):
         f(np.array([[0, 1], [1, 3], [0, 0], [0, 0], [0, 0]]))
     np.testing.assert_array_equal(E.value, before)
+
+
+def test_gate_adjoints_are_one_concatenation():
+    """The adjoints of an LSTM's four gate slices sum to a concatenation (no zero-filled arrays)."""
+    cell = nn.LSTM(3, 4, rng=0)
+    x = gc.input("x", (2, 5, 3))
+    f = gc.function([x], gc.grad(gc.sum(cell(x) ** 2), cell.U), target="numpy")
+    back = [b for b in f.program.bodies.values() if any(k.kind == "matmul" for k in b.kernels)][-1]
+    kinds = [k.kind for k in back.kernels]
+    assert "unslice" not in kinds and "concatenate" in kinds

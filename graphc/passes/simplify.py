@@ -49,6 +49,7 @@ def algebraic(n: Node) -> Node | None:
             return _fit(a, n)
         if _const(a, 0):
             return _fit(b, n)
+        return _sum_of_unslices(n)
     elif name == "sub":
         if _const(b, 0):
             return _fit(a, n)
@@ -95,6 +96,37 @@ def algebraic(n: Node) -> Node | None:
     elif name == "pick":
         return _pick_through(n)
     return None
+
+
+def _sum_of_unslices(n: Node) -> Node | None:
+    """A sum of the adjoints of slices that tile one axis (the gates of an LSTM read as
+    ``a[:, :H]``, ``a[:, H:2H]``, ...) is their concatenation: one copy, not a zero-filled array
+    per slice and the adds."""
+    leaves, stack = [], [n]
+    while stack:
+        m = stack.pop()
+        if m.op.name == "add" and m.shape == n.shape and m.dtype == n.dtype:
+            stack.extend(m.inputs)
+        elif m.op.name == "unslice" and tuple(m.attrs["shape"]) == n.shape:
+            leaves.append(m)
+        else:
+            return None
+    axes = {k for m in leaves for k, t in enumerate(m.attrs["index"]) if t is not None}
+    if len(leaves) < 2 or len(axes) != 1:
+        return None
+    k = axes.pop()
+    spans = [m.attrs["index"][k] for m in leaves]
+    if any(not isinstance(a, int) or not isinstance(b, int) or step != 1 for a, b, step in spans):
+        return None
+    order = sorted(range(len(leaves)), key=lambda j: spans[j][0])
+    at = 0
+    for j in order:
+        if spans[j][0] != at:
+            return None  # a gap or an overlap
+        at = spans[j][1]
+    if at != n.shape[k]:
+        return None
+    return ops.concatenate([leaves[j].inputs[0] for j in order], axis=k)
 
 
 def _pick_through(n: Node) -> Node | None:
