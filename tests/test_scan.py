@@ -311,3 +311,30 @@ def test_gate_adjoints_are_one_concatenation():
     back = [b for b in f.program.bodies.values() if any(k.kind == "matmul" for k in b.kernels)][-1]
     kinds = [k.kind for k in back.kernels]
     assert "unslice" not in kinds and "concatenate" in kinds
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
+def test_recurrent_second_order_matches_torch(kind, target):
+    """A Hessian-vector product: d/dx of <dL/dU, V>, against torch's double backward."""
+    torch = pytest.importorskip("torch")
+    t = lambda a: torch.tensor(np.asarray(a, np.float64))
+    cell = _layer(getattr(nn, kind), 3, 2)
+    x = gc.input("x", (2, "T", 3), "float64")
+    V = RNG.standard_normal(cell.U.shape)
+    gU = gc.grad(gc.sum(cell(x) ** 2), cell.U)
+    hvp = gc.grad(gc.sum(gU * gc.constant(V)), x)
+    f = gc.function([x], hvp, target=target)
+    ref = getattr(torch.nn, kind)(3, 2, batch_first=True).double()
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(t(cell.W.value.T)), ref.weight_hh_l0.copy_(t(cell.U.value.T))
+        ref.bias_ih_l0.copy_(t(cell.b.value))
+        bh = np.zeros(ref.bias_hh_l0.shape)
+        if kind == "GRU":
+            bh[4:] = cell.bh.value
+        ref.bias_hh_l0.copy_(t(bh))
+    xv = RNG.standard_normal((2, 6, 3))
+    tx = t(xv).requires_grad_(True)
+    (gW,) = torch.autograd.grad((ref(tx)[0] ** 2).sum(), ref.weight_hh_l0, create_graph=True)
+    (want,) = torch.autograd.grad((gW.T * t(V)).sum(), tx)
+    np.testing.assert_allclose(f(xv), want.numpy(), rtol=1e-9, atol=1e-10)
