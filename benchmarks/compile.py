@@ -1,6 +1,7 @@
 """Compile latency of the examples' models: cold, warm in a new process, and a repeat model.
 
     python -m benchmarks.compile [--models mlp,cnn,tfm,rnn] [--repeat 3] [--run 200] [--no-jax] [--json FILE]
+                                 [--layers 4] [--cell lstm] [--unroll 64]
 
 Each measurement runs in a fresh interpreter, so nothing compiled earlier in this process helps:
 - **cold**: an empty ``GRAPHC_CACHE_DIR``; ``gc.function`` of the training step plus the predict
@@ -10,6 +11,9 @@ Each measurement runs in a fresh interpreter, so nothing compiled earlier in thi
 - **repeat**: the MLP compiled on a cache that holds only the CNN (kernels shared across models).
 - **jax**: ``jax.jit`` of the same models (``benchmarks/jax_models.py``), lowered and compiled.
 With ``--run N`` the warm child also times N steps (median ms/step) on the examples' batch.
+The models are the examples' defaults: "tfm" is 4 transformer blocks in one ``gc.nn.Stack`` (a scan
+over stacked params), "rnn" an LSTM scanned over 64 characters; ``--layers 1 --cell rnn --unroll 16``
+gives the earlier sizes (one block; a tanh RNN over 16).
 Numba's cache of graphc's own runtime library (the package ``__pycache__``) is left as it is,
 as in ``benchmarks.run``. Times are medians over ``--repeat`` rounds, run interleaved.
 """
@@ -29,11 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("mlp", "cnn", "tfm", "rnn")
 EXAMPLE = {"mlp": "mlp_digits", "cnn": "cnn_digits", "tfm": "tiny_transformer", "rnn": "char_rnn"}
 BATCH = 64
+SIZES = {"layers": 4, "cell": "lstm", "unroll": 64}  # the examples' defaults; flags change them
 
 
-def build(name: str):
+def build(name: str, layers: int = SIZES["layers"], cell: str = SIZES["cell"], unroll: int = SIZES["unroll"]):
     """The example's step and predict functions' graphs, as its main() builds them:
-    [(label, inputs, outputs, updates)]."""
+    [(label, inputs, outputs, updates)]. ``layers``: the transformer's blocks; ``cell``, ``unroll``:
+    the char-level model's."""
     import numpy as np
 
     import graphc as gc
@@ -44,13 +50,13 @@ def build(name: str):
         return [("step", m.inputs, m.loss, opt.updates(m.loss)), ("predict", [m.x], m.logits, None)]
     vocab = len(_corpus(name)[1])
     if name == "tfm":
-        m = ex.build(vocab, layers=1, context=32)
+        m = ex.build(vocab, layers=layers, context=32)
         opt = gc.optim.AdamW(m.model, lr=gc.param("lr", np.float32(3e-3)), weight_decay=0.01)
         return [("step", m.inputs, m.loss, opt.updates(m.loss)), ("predict", [m.x], m.logits, None)]
-    m = ex.build(vocab, 128, 16, cell="rnn")
+    m = ex.build(vocab, 128, unroll, cell=cell)
     opt = gc.optim.Adam(m.params, lr=3e-3, clip_grad_norm=1.0)
-    ups = [*opt.updates(m.loss), (m.state, m.state_update)]
-    return [("step", m.inputs, m.loss, ups), ("predict", [m.char], m.sample_logits, [(m.sample_state, m.sample_next)])]
+    ups = [*opt.updates(m.loss), *m.state_updates]
+    return [("step", m.inputs, m.loss, ups), ("predict", [m.char], m.sample_logits, m.sample_updates)]
 
 
 _CORPUS: dict = {}
@@ -86,7 +92,7 @@ def _counts(fns) -> dict:
     return out
 
 
-def child(name: str, phase: str, run: int) -> dict:
+def child(name: str, phase: str, run: int, sizes: dict) -> dict:
     """One measurement in this (fresh) process."""
     sys.path.insert(0, str(ROOT / "examples"))
     t0 = time.perf_counter()
@@ -98,9 +104,9 @@ def child(name: str, phase: str, run: int) -> dict:
         _corpus(name)
     if phase == "jax":
         from . import jax_models
-        return jax_models.compile_time(name, BATCH)
+        return jax_models.compile_time(name, BATCH, **sizes)
     t = time.perf_counter()
-    specs = build(name)
+    specs = build(name, **sizes)
     t_graph = time.perf_counter() - t
     t = time.perf_counter()
     fns = [gc.function(ins, outs, updates=ups, target="cpu") for _, ins, outs, ups in specs]
@@ -123,9 +129,10 @@ def child(name: str, phase: str, run: int) -> dict:
     return res
 
 
-def _spawn(name: str, phase: str, cache: str, run: int = 0) -> dict:
+def _spawn(name: str, phase: str, cache: str, run: int = 0, sizes: dict = SIZES) -> dict:
     env = dict(os.environ, GRAPHC_CACHE_DIR=cache)
-    cmd = [sys.executable, "-m", "benchmarks.compile", "--child", name, "--phase", phase, "--run", str(run)]
+    cmd = [sys.executable, "-m", "benchmarks.compile", "--child", name, "--phase", phase, "--run", str(run),
+           *(a for k, v in sizes.items() for a in (f"--{k}", str(v)))]
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
         return {"model": name, "phase": phase, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
@@ -145,11 +152,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-jax", action="store_true")
     ap.add_argument("--no-repeat-model", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--layers", type=int, default=SIZES["layers"], help="tfm: transformer blocks (default %(default)s)")
+    ap.add_argument("--cell", default=SIZES["cell"], choices=("lstm", "rnn"), help="rnn: the cell (default %(default)s)")
+    ap.add_argument("--unroll", type=int, default=SIZES["unroll"], help="rnn: characters per step (default %(default)s)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    sizes = {"layers": args.layers, "cell": args.cell, "unroll": args.unroll}
     if args.child:
-        print(json.dumps(child(args.child, args.phase, args.run)))
+        print(json.dumps(child(args.child, args.phase, args.run, sizes)))
         return {}
     models = [m for m in args.models.split(",") if m]
     jax = not args.no_jax and _jax_available()
@@ -158,15 +169,18 @@ def main(argv=None) -> dict:
         for r in range(args.repeat):  # interleaved: round r of every model, then round r + 1
             for name in models:
                 cache = os.path.join(tmp, f"{name}{r}")
-                rows.setdefault(f"{name} cold", []).append(_spawn(name, "cold", cache))
-                rows.setdefault(f"{name} warm", []).append(_spawn(name, "warm", cache, args.run))
+                rows.setdefault(f"{name} cold", []).append(_spawn(name, "cold", cache, 0, sizes))
+                rows.setdefault(f"{name} warm", []).append(_spawn(name, "warm", cache, args.run, sizes))
                 if jax:
-                    rows.setdefault(f"{name} jax", []).append(_spawn(name, "jax", cache))
+                    rows.setdefault(f"{name} jax", []).append(_spawn(name, "jax", cache, 0, sizes))
             if "mlp" in models and not args.no_repeat_model:
                 cache = os.path.join(tmp, f"repeat{r}")
                 _spawn("cnn", "cold", cache)
                 rows.setdefault("mlp after cnn", []).append(_spawn("mlp", "repeat", cache))
     summary = {}
+    if {"tfm", "rnn"} & set(models):
+        print(f"tfm: {args.layers} transformer block(s) in one gc.nn.Stack (jax: lax.scan over stacked params); "
+              f"rnn: {args.cell} over {args.unroll} characters by gc.scan (jax: lax.scan)")
     print(f"{'case':<16} {'compile s':>10} {'after import s':>15} {'import s':>9} {'first call s':>13} "
           f"{'compiled':>9} {'reused':>7} {'ms/step':>8}")
     for case, runs in rows.items():

@@ -6,7 +6,9 @@ float32 params, loss, dropout and torch-style Adam/AdamW (with gradient clipping
 step is one ``jax.jit`` function (loss, gradients, optimizer update; returns the new params, optimizer state,
 carry and loss), where the carry is the dropout key (split each step) or, for the RNN, the hidden state
 passed from one chunk to the next. The predict function is the example's evaluation graph: logits without
-dropout, or for the RNN its one-character sampling step with its state update.
+dropout, or for the RNN its one-character sampling step with its state update. Loops are loops in both: the
+transformer's 4 blocks are one ``jax.lax.scan`` over their stacked params (``gc.nn.Stack``), the LSTM runs over
+its 64 characters by ``jax.lax.scan`` (``gc.scan``); ``build``'s layers, cell and unroll change those sizes.
 Pure jax + jax.numpy: no flax or optax.
 
     python -c "from benchmarks import jax_models as j; print(j.compile_time('tfm'))"
@@ -81,7 +83,7 @@ def _xent(logits, y):
 
 # --- the four models: init(rng, vocab) -> params; forward(params, x, key=None) -> logits (key: training) ---
 
-def _mlp_init(rng, vocab):
+def _mlp_init(rng, vocab, **_):
     return {"fc1": _linear(rng, 64, 128, he=True), "fc2": _linear(rng, 128, 10)}
 
 
@@ -90,7 +92,7 @@ def _mlp(p, x, key=None):
     return _dense(p["fc2"], h if key is None else _dropout(key, h))
 
 
-def _cnn_init(rng, vocab):
+def _cnn_init(rng, vocab, **_):
     return {"conv1": _conv(rng, 1, 16), "conv2": _conv(rng, 16, 32), "fc": _linear(rng, 32 * 4, 10)}
 
 
@@ -104,11 +106,17 @@ def _cnn(p, x, key=None):
 DIM, HEADS, CONTEXT = 64, 4, 32
 
 
-def _tfm_init(rng, vocab):
-    block = {"ln1": _ln(DIM), "qkv": _linear(rng, DIM, 3 * DIM), "out": _linear(rng, DIM, DIM), "ln2": _ln(DIM),
-             "fc1": _linear(rng, DIM, 4 * DIM, he=True), "fc2": _linear(rng, 4 * DIM, DIM)}
-    return {"emb": _normal(rng, (vocab, DIM), 0.1), "pos": _normal(rng, (CONTEXT, DIM), 0.1), "block0": block,
-            "ln": _ln(DIM), "head": _linear(rng, DIM, vocab)}
+def _block_init(rng) -> dict:
+    return {"ln1": _ln(DIM), "qkv": _linear(rng, DIM, 3 * DIM), "out": _linear(rng, DIM, DIM), "ln2": _ln(DIM),
+            "fc1": _linear(rng, DIM, 4 * DIM, he=True), "fc2": _linear(rng, 4 * DIM, DIM)}
+
+
+def _tfm_init(rng, vocab, layers: int = 4, **_):
+    """The blocks' params stacked along a leading axis (layers, ...), as ``gc.nn.Stack`` holds them."""
+    emb, pos = _normal(rng, (vocab, DIM), 0.1), _normal(rng, (CONTEXT, DIM), 0.1)
+    blocks = [_block_init(rng) for _ in range(layers)]
+    return {"emb": emb, "pos": pos, "blocks": jax.tree.map(lambda *a: np.stack(a), *blocks), "ln": _ln(DIM),
+            "head": _linear(rng, DIM, vocab)}
 
 
 def _attention(p, x):
@@ -122,40 +130,65 @@ def _attention(p, x):
     return _dense(p["out"], y.transpose(0, 2, 1, 3).reshape(n, t, d))
 
 
-def _tfm(p, x, key=None):
-    """Embedding + position embedding, one pre-norm block (attention and a ReLU MLP, dropout 0.1 on each
-    residual branch), final layer norm, head."""
-    b, keys = p["block0"], (None, None) if key is None else jax.random.split(key)
+def _block(b, h, key=None):
+    """One pre-norm block: attention and a ReLU MLP, dropout 0.1 on each residual branch (with a key)."""
+    keys = (None, None) if key is None else jax.random.split(key)
     drop = lambda k, h: h if k is None else _dropout(k, h)
-    h = p["emb"][x] + p["pos"][: x.shape[1]]
     h = h + drop(keys[0], _attention(b, _layer_norm(b["ln1"], h)))
-    h = h + drop(keys[1], _dense(b["fc2"], jax.nn.relu(_dense(b["fc1"], _layer_norm(b["ln2"], h)))))
+    return h + drop(keys[1], _dense(b["fc2"], jax.nn.relu(_dense(b["fc1"], _layer_norm(b["ln2"], h)))))
+
+
+def _tfm(p, x, key=None):
+    """Embedding + position embedding, the blocks as one lax.scan over their stacked params (as gc.nn.Stack;
+    in training each layer draws its own dropout masks), final layer norm, head."""
+    h = p["emb"][x] + p["pos"][: x.shape[1]]
+    if key is None:
+        h, _ = jax.lax.scan(lambda h, b: (_block(b, h), None), h, p["blocks"])
+    else:
+        keys = jax.random.split(key, jax.tree.leaves(p["blocks"])[0].shape[0])
+        h, _ = jax.lax.scan(lambda h, bk: (_block(bk[0], h, bk[1]), None), h, (p["blocks"], keys))
     return _dense(p["head"], _layer_norm(p["ln"], h))
 
 
-HIDDEN, UNROLL, STREAMS = 128, 16, 32
+HIDDEN, UNROLL, STREAMS = 128, 64, 32
+GATES = {"rnn": 1, "lstm": 4}
 
 
-def _rnn_init(rng, vocab):
-    """Elman cell without input weights: the embedding has the cell's width (``RNN(None, 128)``)."""
-    U = np.linalg.qr(rng.standard_normal((HIDDEN, HIDDEN)))[0].astype(F32)
-    return {"U": U, "emb": _normal(rng, (vocab, HIDDEN), 0.1), "head": _linear(rng, HIDDEN, vocab)}
+def _rnn_init(rng, vocab, cell: str = "lstm", **_):
+    """A cell without input weights: the embedding has the width of its gates (``LSTM(None, 128)``);
+    recurrent weights orthogonal per gate."""
+    g = GATES[cell]
+    U = np.concatenate([np.linalg.qr(rng.standard_normal((HIDDEN, HIDDEN)))[0] for _ in range(g)], 1).astype(F32)
+    return {"U": U, "emb": _normal(rng, (vocab, g * HIDDEN), 0.1), "head": _linear(rng, HIDDEN, vocab)}
 
 
-def _rnn_loss(p, h, x, y):
-    """Unrolled over UNROLL characters from the carried state h: (loss, the last state)."""
-    hs = []
-    for t in range(x.shape[1]):
-        h = jnp.tanh(p["emb"][x[:, t]] + h @ p["U"])
-        hs.append(h)
-    hs = jnp.stack(hs, 1)  # (streams, unroll, hidden)
-    return _xent(_dense(p["head"], hs), y), hs[:, -1]
+def _cell(cell: str, p, state, xp):
+    """graphc.nn.RNN's or LSTM's step on a projected input: (the next state, h)."""
+    if cell == "rnn":
+        h = jnp.tanh(xp + state @ p["U"])
+        return h, h
+    h, c = state
+    i, f, g, o = jnp.split(xp + h @ p["U"], 4, -1)  # torch's gate order
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
 
 
-def _rnn_sample(p, h, c):
-    """The example's one-character step: (logits (1, vocab), the next state)."""
-    h = jnp.tanh(p["emb"][c] + h @ p["U"])
-    return _dense(p["head"], h), h
+def _rnn_loss(cell: str):
+    def loss(p, state, x, y):
+        """lax.scan over the characters from the carried state: (loss, the final state)."""
+        xs = p["emb"][x].swapaxes(0, 1)  # (unroll, streams, gates * hidden)
+        state, hs = jax.lax.scan(lambda s, xp: _cell(cell, p, s, xp), state, xs)
+        return _xent(_dense(p["head"], hs.swapaxes(0, 1)), y), state
+    return loss
+
+
+def _rnn_sample(cell: str):
+    def sample(p, state, c):
+        """The example's one-character step: (logits (1, vocab), the next state)."""
+        state, h = _cell(cell, p, state, p["emb"][c])
+        return _dense(p["head"], h), state
+    return sample
 
 
 # --- optimizer: torch-style Adam / AdamW, as graphc.optim ---
@@ -190,21 +223,22 @@ def _classifier_loss(forward):
     return loss
 
 
-# name: (init, predict (the forward pass; the RNN's sampling step), loss, optimizer options, lr, whether lr is an argument of the
-# step (the examples that make lr a graphc param, for their schedules) rather than a constant)
+# name -> cell -> (init, predict (the forward pass; the RNN's sampling step), loss, optimizer options, lr, whether lr is
+# an argument of the step (the examples that make lr a graphc param, for their schedules) rather than a constant)
 MODELS = {
-    "mlp": (_mlp_init, _mlp, _classifier_loss(_mlp), {}, 2e-3, False),
-    "cnn": (_cnn_init, _cnn, _classifier_loss(_cnn), {}, 3e-3, True),
-    "tfm": (_tfm_init, _tfm, _classifier_loss(_tfm), {"wd": 0.01}, 3e-3, True),
-    "rnn": (_rnn_init, _rnn_sample, _rnn_loss, {"clip": 1.0}, 3e-3, False),
+    "mlp": lambda cell: (_mlp_init, _mlp, _classifier_loss(_mlp), {}, 2e-3, False),
+    "cnn": lambda cell: (_cnn_init, _cnn, _classifier_loss(_cnn), {}, 3e-3, True),
+    "tfm": lambda cell: (_tfm_init, _tfm, _classifier_loss(_tfm), {"wd": 0.01}, 3e-3, True),
+    "rnn": lambda cell: (_rnn_init, _rnn_sample(cell), _rnn_loss(cell), {"clip": 1.0}, 3e-3, False),
 }
 
 
-def build(name: str, batch: int = 64, vocab: int = 96):
-    """(step, predict, step_args, predict_args): plain (un-jitted) functions and example arguments."""
-    init, predict, loss_fn, opt_kw, lr, lr_arg = MODELS[name]
+def build(name: str, batch: int = 64, vocab: int = 96, layers: int = 4, cell: str = "lstm", unroll: int = UNROLL):
+    """(step, predict, step_args, predict_args): plain (un-jitted) functions and example arguments. ``layers``:
+    the transformer's blocks; ``cell`` ("lstm" or "rnn") and ``unroll``: the char-level model's."""
+    init, predict, loss_fn, opt_kw, lr, lr_arg = MODELS[name](cell)
     rng = np.random.default_rng(0)
-    params = jax.tree.map(jnp.asarray, init(rng, vocab))
+    params = jax.tree.map(jnp.asarray, init(rng, vocab, layers=layers, cell=cell))
     opt = _adam_init(params)
 
     def step(params, opt, carry, x, y, *lr_args):
@@ -214,10 +248,11 @@ def build(name: str, batch: int = 64, vocab: int = 96):
 
     lr_args = (jnp.float32(lr),) if lr_arg else ()
     if name == "rnn":  # (streams, unroll) characters; the batch is the example's 32 streams
-        x, y = (jnp.asarray(rng.integers(0, vocab, (STREAMS, UNROLL)), jnp.int32) for _ in range(2))
-        carry = jnp.zeros((STREAMS, HIDDEN), jnp.float32)
-        sample_args = (params, jnp.zeros((1, HIDDEN), jnp.float32), jnp.zeros((1,), jnp.int32))  # state, character
-        return step, predict, (params, opt, carry, x, y), sample_args
+        x, y = (jnp.asarray(rng.integers(0, vocab, (STREAMS, unroll)), jnp.int32) for _ in range(2))
+        zeros = lambda n: jnp.zeros((n, HIDDEN), jnp.float32)
+        state = lambda n: (zeros(n), zeros(n)) if cell == "lstm" else zeros(n)  # (h, c), or h
+        sample_args = (params, state(1), jnp.zeros((1,), jnp.int32))  # state, character
+        return step, predict, (params, opt, state(STREAMS), x, y), sample_args
     if name == "tfm":
         x, y = (jnp.asarray(rng.integers(0, vocab, (batch, CONTEXT)), jnp.int32) for _ in range(2))
     else:
@@ -226,13 +261,14 @@ def build(name: str, batch: int = 64, vocab: int = 96):
     return step, predict, (params, opt, jax.random.key(0), x, y, *lr_args), (params, x)
 
 
-def compile_time(name: str, batch: int = 64, vocab: int = 96) -> dict:
+def compile_time(name: str, batch: int = 64, vocab: int = 96, **sizes) -> dict:
     """Build the JAX step (loss, grads, optimizer update, returns new params/state and loss) and the predict
-    function for model `name`, then time jax.jit(...).lower(*example_args).compile() for both.
+    function for model `name` (``sizes``: ``build``'s layers, cell, unroll), then time
+    jax.jit(...).lower(*example_args).compile() for both.
     Returns {"model": name, "phase": "jax", "compile_s": step+predict compile seconds, "step_compile_s": ...,
     "predict_compile_s": ..., "first_call_s": seconds of the first call of the compiled step, "step_ms": median ms
     of 50 further steps, "loss": the last step's loss (checked finite; the steps repeat one batch)}."""
-    step, predict, step_args, predict_args = build(name, batch, vocab)
+    step, predict, step_args, predict_args = build(name, batch, vocab, **sizes)
     jax.block_until_ready((step_args, predict_args))
     t = time.perf_counter()
     step_c = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*step_args).compile()

@@ -1,14 +1,14 @@
 """A character-level recurrent network trained on the Python standard library's own source.
 
 B text streams are read T characters at a time (truncated backpropagation through time):
-each compiled step unrolls the cell over T characters, and the final hidden state is a
-param that the step updates, so the next chunk of each stream starts where the last one
-ended. The character embedding has the width of the cell's input projection, so each
-step looks up its projected input instead of multiplying by a matrix. Reports the
-validation loss against the unigram baseline, plots the losses to examples/out/ and
-prints a sample.
+each compiled step runs the cell (an LSTM by default) over T characters with ``gc.scan``,
+one loop body compiled once whatever T. The final state (h, and c for the LSTM) is kept in
+params that the step updates, so the next chunk of each stream starts where the last ended.
+The character embedding has the width of the cell's input projection, so each step looks
+up its projected input instead of multiplying by a matrix. Reports the validation loss
+against the unigram baseline, plots the losses to examples/out/ and prints a sample.
 
-    python examples/char_rnn.py [--target cpu|numpy] [--cell rnn|gru] [--steps N] [--quick]
+    python examples/char_rnn.py [--target cpu|numpy] [--cell lstm|gru|rnn] [--unroll T] [--steps N] [--quick]
 """
 from __future__ import annotations
 
@@ -43,26 +43,36 @@ def load_corpus(max_chars: int = 400_000) -> tuple[str, str]:
     return text, "".join(sorted(set(text)))
 
 
-def build(vocab: int = 96, hidden: int = 128, unroll: int = 16, streams: int = 32, cell: str = "rnn",
+CELLS = {"lstm": gc.nn.LSTM, "gru": gc.nn.GRU, "rnn": gc.nn.RNN}
+
+
+def build(vocab: int = 96, hidden: int = 128, unroll: int = 64, streams: int = 32, cell: str = "lstm",
           seed: int = 0) -> SimpleNamespace:
-    """The training graph: ``loss`` of ``inputs`` [x, y] (streams, unroll) of character ids,
-    the carried hidden ``state`` and its update; and a one-character ``sampler`` graph."""
-    Cell = {"rnn": gc.nn.RNN, "gru": gc.nn.GRU}[cell]
-    rnn = Cell(None, hidden, rng=seed)
+    """The training graph: ``loss`` of ``inputs`` [x, y] (streams, unroll) of character ids, the
+    carried ``state`` params (h, and c for the LSTM) and their ``state_updates``; and a
+    one-character ``sampler`` graph with its own state params and ``sample_updates``."""
+    rnn = CELLS[cell](None, hidden, rng=seed)
     emb = gc.nn.Embedding(vocab, rnn.gates * hidden, std=0.1, rng=seed + 1)
     head = gc.nn.Linear(hidden, vocab, rng=seed + 2)
+    pair = cell == "lstm"  # the LSTM's state is (h, c); the others' is h
+
+    def state_params(prefix: str, n: int) -> tuple:
+        return tuple(gc.param(f"{prefix}_{k}", np.zeros((n, hidden), np.float32)) for k in ("hc" if pair else "h"))
+
+    as_state = lambda ps: ps if pair else ps[0]  # state params -> the layer's state
+    leaves = lambda s: tuple(s) if pair else (s,)  # the layer's state -> one node per state param
     x = gc.input("x", (streams, unroll), dtype="int64")
     y = gc.input("y", (streams, unroll), dtype="int64")
-    state = gc.param("state", np.zeros((streams, hidden), np.float32))
-    hs = rnn([emb(x[:, t]) for t in range(unroll)], h0=state)  # (streams, unroll, hidden)
+    state = state_params("state", streams)
+    hs, last = rnn.run(emb(x), as_state(state))  # hs: (streams, unroll, hidden); last: the final state
     loss = gc.softmax_cross_entropy(head(hs), y)
     # one character at a time, for sampling and evaluation, with its own state
     c = gc.input("c", (1,), dtype="int64")
-    h1 = gc.param("sample_state", np.zeros((1, hidden), np.float32))
-    h_next = rnn.step(emb(c), h1)
-    return SimpleNamespace(inputs=[x, y], loss=loss, state=state, state_update=hs[:, -1], x=x, y=y,
-                           params=[*rnn.params(), *emb.params(), *head.params()],
-                           char=c, sample_state=h1, sample_next=h_next, sample_logits=head(h_next))
+    sample_state = state_params("sample", 1)
+    nxt = leaves(rnn.step(emb(c), as_state(sample_state)))
+    return SimpleNamespace(inputs=[x, y], loss=loss, x=x, y=y, state=state, state_updates=list(zip(state, leaves(last))),
+                           params=[*rnn.params(), *emb.params(), *head.params()], char=c, sample_state=sample_state,
+                           sample_updates=list(zip(sample_state, nxt)), sample_logits=head(nxt[0]))
 
 
 def batches(data: np.ndarray, streams: int, unroll: int):
@@ -82,15 +92,15 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="cpu")
     ap.add_argument("--out", default=OUT, help="folder for the plot")
-    ap.add_argument("--cell", default="rnn", choices=("rnn", "gru"))
+    ap.add_argument("--cell", default="lstm", choices=tuple(CELLS))
     ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--unroll", type=int, default=16)
+    ap.add_argument("--unroll", type=int, default=64, help="characters per step (truncated BPTT window)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--quick", action="store_true", help="a few seconds of training, for tests")
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.unroll, args.hidden = 60, 4, 32
+        args.steps, args.unroll, args.hidden = 60, 8, 32
     text, alphabet = load_corpus()
     ids = np.frombuffer(text.encode("ascii"), np.uint8)
     lookup = np.zeros(128, np.int64)
@@ -106,13 +116,17 @@ def main(argv=None) -> dict:
     m = build(len(alphabet), args.hidden, args.unroll, cell=args.cell)
     opt = gc.optim.Adam(m.params, lr=args.lr, clip_grad_norm=1.0)
     t0 = time.perf_counter()
-    step = gc.function(m.inputs, m.loss, updates=[*opt.updates(m.loss), (m.state, m.state_update)], target=args.target)
-    one = gc.function([m.char], m.sample_logits, updates=[(m.sample_state, m.sample_next)], target=args.target)
+    step = gc.function(m.inputs, m.loss, updates=[*opt.updates(m.loss), *m.state_updates], target=args.target)
+    one = gc.function([m.char], m.sample_logits, updates=m.sample_updates, target=args.target)
     print(f"graphc target={args.target}: compiled in {time.perf_counter() - t0:.2f} s "
-          f"({len(step.kernels)} kernels in the training step: {args.cell}, unrolled over {args.unroll} characters)")
+          f"({len(step.kernels)} kernels in the training step: {args.cell}, scanned over {args.unroll} characters)")
+
+    def reset_sampler() -> None:
+        for p in m.sample_state:
+            p.value = np.zeros_like(p.value)
 
     def evaluate() -> float:
-        m.sample_state.value = np.zeros_like(m.sample_state.value)
+        reset_sampler()
         nll = 0.0
         for a, b in zip(val[:-1], val[1:]):
             z = one(a[None])[0]
@@ -136,7 +150,7 @@ def main(argv=None) -> dict:
 
     # sample: feed a prompt, then draw each next character from the softmax at temperature 0.8
     rng = np.random.default_rng(0)
-    m.sample_state.value = np.zeros_like(m.sample_state.value)
+    reset_sampler()
     out = "def "
     for ch in out[:-1]:
         one(lookup[[ord(ch)]])

@@ -1,13 +1,15 @@
 """A tiny decoder-only transformer trained on the Python standard library's own source.
 
-Characters are embedded, a learned position embedding is added, and pre-norm blocks of
-causal multi-head self-attention and an MLP (each a residual branch with dropout) predict
-the next character at every position. The training step (forward, backward, AdamW, the
-dropout keys) is one compiled call; evaluation and sampling use the graph built with
-``train=False``. Reports the validation loss against the unigram baseline, plots the
-losses to examples/out/ and prints a sample.
+Characters are embedded, a learned position embedding is added, and a stack of pre-norm
+blocks of causal multi-head self-attention and an MLP (each a residual branch with dropout)
+predicts the next character at every position. The blocks (4 by default) are one
+``gc.nn.Stack``: their params are stacked along a leading axis and ``gc.scan`` runs one block
+body over them, so the block is traced and compiled once whatever the depth. The training step
+(forward, backward, AdamW, the dropout keys) is one compiled call; evaluation and sampling use
+the graph built with ``train=False``. Reports the validation loss against the unigram
+baseline, plots the losses to examples/out/ and prints a sample.
 
-    python examples/tiny_transformer.py [--target cpu|numpy] [--steps N] [--quick]
+    python examples/tiny_transformer.py [--target cpu|numpy] [--layers N] [--steps N] [--quick]
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def load_corpus(max_chars: int = 400_000) -> tuple[str, str]:
     return text, "".join(sorted(set(text)))
 
 
-def build(vocab: int = 96, dim: int = 64, heads: int = 4, layers: int = 1, context: int = 32, dropout: float = 0.1,
+def build(vocab: int = 96, dim: int = 64, heads: int = 4, layers: int = 4, context: int = 32, dropout: float = 0.1,
           seed: int = 0) -> SimpleNamespace:
     """``loss`` (training, with dropout) of ``inputs`` [x, y] (batch, context) of character ids,
     and evaluation ``logits`` (batch, context, vocab) of x."""
@@ -50,7 +52,9 @@ def build(vocab: int = 96, dim: int = 64, heads: int = 4, layers: int = 1, conte
     nn = gc.nn
     emb = nn.Embedding(vocab, dim, std=0.1, rng=rng)
     pos = nn.Embedding(context, dim, std=0.1, rng=rng, name="position")
-    blocks = nn.Sequential(*[nn.TransformerBlock(dim, heads, dropout=dropout, rng=rng, name=f"block{i}") for i in range(layers)])
+    # each layer starts from its own draw of rng; the stack holds them as (layers, ...) params
+    block = lambda i: nn.TransformerBlock(dim, heads, dropout=dropout, rng=rng, name=f"block{i}")
+    blocks = nn.Stack(block, layers, name="blocks")
     ln, head = nn.LayerNorm(dim), nn.Linear(dim, vocab, rng=rng)
     x = gc.input("x", ("batch", context), dtype="int64")
     y = gc.input("y", ("batch", context), dtype="int64")
@@ -69,14 +73,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--target", default="cpu")
     ap.add_argument("--out", default=OUT, help="folder for the plot")
     ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--layers", type=int, default=1)
+    ap.add_argument("--layers", type=int, default=4, help="transformer blocks (one gc.nn.Stack)")
     ap.add_argument("--context", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--quick", action="store_true", help="a few seconds of training, for tests")
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.layers, args.context = 40, 1, 16
+        args.steps, args.layers, args.context = 40, 2, 16
     text, alphabet = load_corpus()
     lookup = np.zeros(128, np.int64)
     lookup[[ord(c) for c in alphabet]] = np.arange(len(alphabet))

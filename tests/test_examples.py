@@ -52,11 +52,14 @@ def test_vanishing_gradients(tmp_path):
     out = run("vanishing_gradients", tmp_path, "--target", "numpy")
     ratios = dict(re.findall(r"^(\w+): layer 1 / layer \d+ gradient norm ([\d.e+-]+)", out, re.M))
     assert float(ratios["sigmoid"]) < 0.05 < 0.2 < float(ratios["residual"])  # vanishing vs not
+    # through time (gc.grad through the scan): the tanh RNN's gradient at the first of 32 steps vanishes, the LSTM's not
+    steps = dict(re.findall(r"^(\w+): step 1 / step 32 gradient norm ([\d.e+-]+)", out, re.M))
+    assert float(steps["rnn"]) < 0.01 < 0.1 < float(steps["lstm"])
 
 
-@pytest.mark.parametrize("name", ["char_rnn", "tiny_transformer"])
-def test_text_models(name, tmp_path):
-    out = run(name, tmp_path, "--target", "numpy")
+@pytest.mark.parametrize("name, args", [("char_rnn", ()), ("char_rnn", ("--cell", "gru")), ("tiny_transformer", ())])
+def test_text_models(name, args, tmp_path):
+    out = run(name, tmp_path, "--target", "numpy", *args)
     loss, base = number(r"final validation loss ([\d.]+)", out), number(r"vs unigram baseline ([\d.]+)", out)
     assert 0 < loss < 5 and 2 < base < 4
     assert "sample:\n" in out
@@ -65,10 +68,48 @@ def test_text_models(name, tmp_path):
 @pytest.mark.parametrize("name", ["mlp_digits", "cnn_digits", "vanishing_gradients", "char_rnn", "tiny_transformer"])
 def test_build_returns_a_loss_and_its_inputs(name):
     """What `graphc inspect examples/X.py:build` reads."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    m = mod.build()
+    m = _example(name).build()
     assert m.loss.shape == () and m.loss.dtype == np.float32
     needed = {n.id for n in gc.toposort([m.loss]) if n.op.name == "input"}
     assert needed == {x.id for x in m.inputs}
+
+
+def _example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _scans(roots) -> list:
+    return [n for n in gc.toposort(roots if isinstance(roots, list) else [roots]) if n.op.name == "scan"]
+
+
+def test_char_rnn_defaults_to_an_lstm_over_64_steps_with_carried_h_and_c():
+    m = _example("char_rnn").build()
+    assert m.inputs[0].shape == (32, 64)
+    (s,) = _scans(m.loss)  # the cell runs as one scan over the 64 characters
+    assert s.attrs["length"] == 64 and len(s.attrs["body"].carry) == 2  # (h, c)
+    assert [p.name for p, _ in m.state_updates] == ["state_h", "state_c"]
+    assert [v.shape for _, v in m.state_updates] == [(32, 128)] * 2
+    assert [p.name for p, _ in m.sample_updates] == ["sample_h", "sample_c"] and m.sample_logits.shape == (1, 96)
+    g = _example("char_rnn").build(cell="gru", unroll=16)
+    assert [p.name for p, _ in g.state_updates] == ["state_h"] and _scans(g.loss)[0].attrs["length"] == 16
+
+
+def test_tiny_transformer_defaults_to_four_stacked_blocks():
+    mod = _example("tiny_transformer")
+    m = mod.build()
+    (s,) = _scans(m.logits)  # four blocks, one scan over their stacked params
+    assert s.attrs["length"] == 4
+    stacked = [p for p in m.model.params() if p.name.startswith("blocks.")]
+    assert stacked and all(p.shape[0] == 4 for p in stacked)
+    assert _scans(mod.build(layers=2).logits)[0].attrs["length"] == 2
+
+
+def test_vanishing_gradients_recurrent_models_return_per_step_norms():
+    mod = _example("vanishing_gradients")
+    for kind in ("rnn", "lstm"):
+        m = mod.build_recurrent(kind, digits=3)
+        assert m.x.shape == ("batch", 24, 8) and m.step_norms.shape == (24,)
+        assert _scans(m.step_norms)  # the gradient through time is a scan too

@@ -338,3 +338,17 @@ def test_recurrent_second_order_matches_torch(kind, target):
     (gW,) = torch.autograd.grad((ref(tx)[0] ** 2).sum(), ref.weight_hh_l0, create_graph=True)
     (want,) = torch.autograd.grad((gW.T * t(V)).sum(), tx)
     np.testing.assert_allclose(f(xv), want.numpy(), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_unit_axes_of_index_values(target):
+    """iota and one_hot over an axis of one entry (a Stack of one layer scans over arange(1))."""
+    x = gc.input("x", (4, 1))
+    outs = [x + gc.arange(1).astype("float32"), gc.one_hot(gc.constant(np.zeros(4, np.int64)), 1) + x]
+    got = gc.function([x], outs, target=target)(np.ones((4, 1), np.float32))
+    np.testing.assert_array_equal(got[0], np.ones((4, 1))) and np.testing.assert_array_equal(got[1], 2 * np.ones((4, 1)))
+    one = nn.Stack(nn.Linear(3, 3, rng=0), 1)
+    xi = gc.input("xi", (2, 3))
+    lin = one._template
+    want = np.ones((2, 3), np.float32) @ lin.W.value + lin.b.value
+    np.testing.assert_allclose(gc.function([xi], one(xi), target=target)(np.ones((2, 3), np.float32)), want, rtol=1e-6)

@@ -254,19 +254,24 @@ class LoopWriter(KernelWriter):
             return self.load(view, rows + [self.checked(n, self.read(n, 1, val))])
         return self.load(view, self.index(v.shape))
 
+    def at(self, a: int) -> str:
+        """The index along domain axis ``a``: its loop variable, or 0 where the axis has one entry
+        (no loop is opened over it)."""
+        return "0" if self.k.domain[a] == 1 else self.ax[a]
+
     def expr(self, n: Node, val: dict) -> str:
         name = n.op.name
         if name == "pick":
             return self.read(n, 0, val)
         args = [self.read(n, i, val) for i in range(len(n.inputs))]
         if name == "one_hot":
-            return f"np.{n.dtype.name}({self.checked(n, args[0])} == {self.ax[-1]})"
+            return f"np.{n.dtype.name}({self.checked(n, args[0])} == {self.at(self.r - 1)})"
         if name == "cast":
             return f"np.{n.dtype.name}({args[0]})"
         if name == "stop_gradient":
             return args[0]
         if name == "iota":  # the loop index itself
-            return f"np.{n.dtype.name}({self.ax[n.attrs['axis'] + self.r - n.ndim]})"
+            return f"np.{n.dtype.name}({self.at(n.attrs['axis'] + self.r - n.ndim)})"
         if name == "random_uniform":  # hashed from the element's flat index
             flat = "0"
             for j, d in enumerate(n.shape):
