@@ -30,7 +30,7 @@ from ..ops.cumulative import COMBINE
 from ..passes.fusion import Kernel, base_of
 from .cuda_math import device_name
 from .cuda_writer import KernelCode, KernelWriter
-from .loops import describe, literal
+from .loops import describe, literal, peel
 
 TPB = 256          # threads per block of grid-stride loops
 BLOCK = 256        # threads (and shared slots) per block of a reduction
@@ -329,13 +329,15 @@ def kernel_code(k: Kernel, name: str, skip_writes: set[int], sites: list | None 
 
 
 def copy_code(v: Node, name: str, why: str) -> KernelCode:
-    """A kernel that writes the value of view ``v`` into a fresh flat buffer."""
+    """A kernel that writes the value of view ``v`` into a fresh flat buffer (``v`` may be a
+    count known from the dims, handed to a loop body: a scalar argument)."""
     g = KernelWriter(None, name, set())
     g.set_domain(v.shape, "t")
     g.s(f"n = {g.n(v.shape)}")
     with g.s.block("for t in range(cuda.grid(1), n, cuda.gridsize(1)):"):
         g.decompose("t", list(range(v.ndim)), v.shape)
-        g.s(f"o0[t] = {g.load(v, g.index(v.shape))}")
+        value = g.scalar_arg(peel(v)) if peel(v).op.name == "count" else g.load(v, g.index(v.shape))
+        g.s(f"o0[t] = {value}")
     g.code.writes.append(v)
     g.code.launch = f"launch({g.n(v.shape)})"
     return g.finish(f"{why}: {v.op.name} {v.shape}", [])

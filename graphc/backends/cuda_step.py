@@ -30,6 +30,7 @@ HEADER = '''\
 # graphc {version}: one training step for NVIDIA GPUs, compiled with numba.cuda.
 # Every array is a flat device buffer; views are index arithmetic inside the kernels.
 # `buffers` slices the workspace once per set of dims; `step` launches the kernels in order.
+# A scan is a loop in `step` launching its body's kernels, generated once whatever the number of steps.
 import numpy as np
 from numba import cuda
 
@@ -129,6 +130,24 @@ def _run(i: str, n: str) -> str:
     return f"{i} * {_paren(n)}:({i} + 1) * {_paren(n)}"
 
 
+def _dotted(path: str) -> str:
+    """A loop body's kernel as people read it: ``3.0`` is kernel 0 in the body of kernel 3."""
+    return path.replace("_", ".")
+
+
+def _every_step(xs: Node) -> Node | None:
+    """The value each step's slice of ``xs`` holds (flat: its elements in order), when ``xs`` only
+    repeats it along the steps."""
+    while xs.op.name == "stop_gradient":
+        xs = xs.inputs[0]
+    if xs.op.name != "broadcast_to":
+        return None
+    v = xs.inputs[0]
+    if tuple(v.shape) == tuple(xs.shape[1:]) or tuple(v.shape) == (1,) + tuple(xs.shape[1:]):
+        return v
+    return None
+
+
 class StepWriter:
     """Names every buffer and writes ``buffers`` and ``step``."""
 
@@ -220,7 +239,7 @@ class StepWriter:
         """Launches of ``prog``'s kernels into ``s``; ``path`` names a loop body (``"3"``: the body of
         the step's kernel 3, ``"3_0"``: of kernel 0 in that body), ``names`` its scope."""
         read_later = {base_of(v)[0].id for k in prog.kernels for v in k.inputs} | {base_of(r)[0].id for r in prog.roots}
-        where = "" if path is None else f"body of kernel {path.replace('_', '.')}, "
+        where = "" if path is None else f"body of kernel {_dotted(path)}, "
         for k in prog.kernels:
             at = str(k.index) if path is None else f"{path}_{k.index}"
             if path is None:
@@ -262,7 +281,7 @@ class StepWriter:
         b = base_of(v)[0]
         if _contiguous(v) and b.id in names:
             return names[b.id]
-        tmp = self.aux(f"a{path}_{tag}", v.shape, v.dtype, f"scan kernel {path}: {note} copied contiguous")
+        tmp = self.aux(f"a{path}_{tag}", v.shape, v.dtype, f"scan kernel {_dotted(path)}: {note} copied contiguous")
         self.fill(v, tmp, names, s, f"{path}_{tag}", f"{note}, copied contiguous for the loop")
         return tmp
 
@@ -286,12 +305,12 @@ class StepWriter:
         cur, nxt = {}, {}
         late = []  # (value, buffer, tag, note): copies after the body's kernels (none reads what another writes)
         for j, (p, v) in enumerate(zip(body.carry, sn.inputs[:C])):
-            cur[j] = bnames[p.id] = self.aux(f"c{path}_{j}", p.shape, p.dtype, f"scan kernel {path}: carry {j}")
+            cur[j] = bnames[p.id] = self.aux(f"c{path}_{j}", p.shape, p.dtype, f"scan kernel {_dotted(path)}: carry {j}")
             self.fill(v, cur[j], names, s, f"{path}_init{j}", f"initial carry {j}")
             r = bprog.roots[j]
             if r.id == p.id:
                 continue  # passed on unchanged: one buffer
-            nxt[j] = self.aux(f"n{path}_{j}", p.shape, p.dtype, f"scan kernel {path}: next carry {j}")
+            nxt[j] = self.aux(f"n{path}_{j}", p.shape, p.dtype, f"scan kernel {_dotted(path)}: next carry {j}")
             if movable(r):
                 bnames[base_of(r)[0].id] = nxt[j]
                 own.add(base_of(r)[0].id)
@@ -299,7 +318,12 @@ class StepWriter:
                 late.append((r, nxt[j], f"{path}_carry{j}", f"next carry {j}"))
         xs = {}
         for j, (p, v) in enumerate(zip(body.xs, sn.inputs[C:C + X])):
-            if p.id in used:
+            if p.id not in used:
+                continue
+            same = _every_step(v)
+            if same is not None:  # a broadcast along the steps: every step reads the same value
+                bnames[p.id] = self.operand(same, names, s, path, f"xs{j}", f"xs {j} (the same at every step)")
+            else:
                 xs[j] = self.operand(v, names, s, path, f"xs{j}", f"xs {j}")
                 bnames[p.id] = f"x{path}_{j}"
         for j, (p, v) in enumerate(zip(body.closure, sn.inputs[C + X:])):
@@ -321,7 +345,7 @@ class StepWriter:
             if b.node.id not in own:
                 bnames[b.node.id] = f"b{path}_{b.node.id}"
                 self.entries.append((bnames[b.node.id], base + b.slot, size(b.node.shape),
-                                     f"{b.node.op.name} {b.node.shape}, in the body of kernel {path.replace('_', '.')}"))
+                                     f"{b.node.op.name} {b.node.shape}, in the body of kernel {_dotted(path)}"))
         t = f"t{path}"
         with s.block(f"for {t} in range({T}):"):
             if rev:
