@@ -22,6 +22,7 @@ from ..errors import fmt_site
 from ..ir import Node
 from ..ops.cumulative import COMBINE
 from ..passes.fusion import Kernel, base_of
+from ..shapes import form_mul, size
 from .layout import ONE, ZERO, Layout, Scratch, View, freeze, scalar_constant
 from .source import Source, comment
 
@@ -652,9 +653,28 @@ def copy(w: KernelWriter, src: View, dst: View, where=lambda t, j: j) -> None:
         o.__exit__(None, None, None)
 
 
+def collapse(src: View, dst: View) -> tuple[View, View]:
+    """The same copy over fewer axes: unit axes dropped, and neighbours merged where both views
+    step through them as one (a contiguous copy is one loop). Fewer shapes of copy kernel, so
+    fewer to compile: a loop's carries and outputs are copies of every rank."""
+    from ..shapes import form
+    axes = [a for a, d in enumerate(src.shape) if d != 1]
+    shape = [src.shape[a] for a in axes]
+    st = [[s.strides[a] for a in axes] for s in (src, dst)]
+    k = len(shape) - 1
+    while k > 0:
+        if all(form(dict(x[k - 1])) == form_mul(form(dict(x[k])), shape[k]) for x in st):
+            shape[k - 1:k + 1] = [size((shape[k - 1], shape[k]))]
+            for x in st:
+                x[k - 1:k + 1] = [x[k]]
+        k -= 1
+    return tuple(View(v.base, v.offset, tuple(x), tuple(shape), v.dtype) for v, x in zip((src, dst), st))
+
+
 def copy_code(src: View, dst: View, doc: str) -> KernelCode:
     """A kernel that copies ``src`` into ``dst`` (same shape)."""
     w = KernelWriter(None)
+    src, dst = collapse(src, dst)
     copy(w, src, dst)
     return w.finish(f"copy over {len(src.shape)} axes ({doc})")
 

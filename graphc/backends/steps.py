@@ -166,6 +166,13 @@ class StepBuilder:
         origin = {dt: fadd(layout.ws_end.get(dt, {}), form(0)) for dt in layout.ws_end}
         for dt, n in region.items:
             origin[dt] = fadd(origin.get(dt, {}), form(n))
+        # ys that a body kernel computes are written straight into their step's slot of the output
+        written = {o.id for kb in bprog.kernels if kb.kind != "scan" for o in kb.outputs}
+        direct = {}
+        for j, y in enumerate(bprog.roots[C:]):
+            if C + j in outs and y.id in written and y.id not in direct:
+                direct[y.id] = step_view(layout.buffer(outs[C + j]), index)
+        bind |= direct
         blayout = Layout(bprog, [], [], parent=layout, origin=origin, bindings=bind)
         loop = {"loop": jform(T), "var": var, "kernel": at, "reverse": s.attrs["reverse"], "calls": [],
                 "comment": [what + (", last step first" if s.attrs["reverse"] else "")]}
@@ -174,8 +181,8 @@ class StepBuilder:
         # the step's ys into their stacked outputs, then the next carry (staged when it reads a carry)
         step = Scratch()
         for j, y in enumerate(bprog.roots[C:]):
-            if C + j in outs:
-                dst = step_view(layout.buffer(outs[C + j]), index)
+            dst = step_view(layout.buffer(outs[C + j]), index) if C + j in outs else None
+            if dst is not None and direct.get(y.id) != dst:
                 self.add(copy_code(self.view(y, step, blayout, at), dst, "a scan's output"), at,
                          [f"{what}: this step's y {j}"], step, layout=blayout)
         carry_ids = {p.id for p in body.carry}

@@ -333,6 +333,38 @@ def _fewer_residuals(residuals: dict[int, Node], per_step: set, x_pos: dict) -> 
     return res
 
 
+def _sum_over_steps(term: Node, per: set):
+    """How a closure's per-step adjoint ``term`` sums over steps outside the loop, if it can:
+    ("matmul", [p, q], p_transposed) for ``p @ q`` of 2-d per-step values (``h.T @ d``: h is
+    stacked, not its transpose), ("sum", [v], axes) for a sum of a per-step value."""
+    if term.op.name == "matmul" and term.ndim == 2 and all(i.ndim == 2 and i.id in per for i in term.inputs):
+        p, q = term.inputs
+        if p.op.name == "transpose":
+            return "matmul", [p.inputs[0], q], True
+        return "matmul", [p, q], False
+    if term.op.name == "sum" and not term.attrs["keepdims"] and term.inputs[0].id in per:
+        return "sum", [term.inputs[0]], term.attrs["axes"]
+    return None
+
+
+def _total(kind: str, stacked: list[Node], info: list, T) -> Node:
+    """The sum over steps of a hoisted closure adjoint, from its stacked per-step operands."""
+    from ..shapes import size
+    from . import shape as sh
+    from .linalg import matmul
+    from .reduce import sum as rsum
+    if kind == "sum":
+        (v,), (axes,) = stacked, info
+        return rsum(v, (0,) + tuple(a + 1 for a in axes))
+    (p, q), (transposed,) = stacked, info
+    # sum_t p_t @ q_t = [p_0 ... p_T] @ [q_0; ...; q_T], contracting over steps and the inner axis
+    if transposed:  # p_t = h_t.T with h_t (n, k): the rows of all steps, transposed
+        a = sh.transpose(sh.reshape(p, (size((T, p.shape[1])), p.shape[2])), (1, 0))
+    else:
+        a = sh.reshape(sh.transpose(p, (1, 0, 2)), (p.shape[1], size((T, p.shape[2]))))
+    return matmul(a, sh.reshape(q, (size((T, q.shape[1])), q.shape[2])))
+
+
 def scan_grad(parts: dict[int, Node], n: Node) -> list:
     """Adjoints of a scan's inputs from those of its results (``parts``: result index -> adjoint).
 
@@ -392,22 +424,37 @@ def scan_grad(parts: dict[int, Node], n: Node) -> list:
     subst |= {body.closure[j].id: clo[j] for j in range(len(clo))}  # the outer values: hoisted again
     g = substitute(grads, subst)
     gc_, gx, gk = g[:len(fc)], g[len(fc):len(fc) + len(fx)], g[len(fc) + len(fx):]
-    carry_out = list(gc_) + [acc[j] + gk[k] for k, j in enumerate(fk)]
-    bcarry = tuple(dcarry[j] for j in fc) + tuple(acc[j] for j in fk)
     bxs = tuple(dy.values()) + tuple(rph) + tuple(xph)
-    bbody, outer = close_over(bcarry, bxs, carry_out, list(gx))
+    # A closure's adjoint is a sum over steps. Terms linear in per-step values leave the loop: the
+    # step's operands are stacked and one matmul (or sum) over all steps forms the total, instead
+    # of a small matmul per step accumulated in a carry (dU of a recurrent cell).
+    per = varying(g, tuple(dcarry.values()) + bxs)
+    hoist, emit = {}, []
+    for k, j in enumerate(fk):
+        how = _sum_over_steps(gk[k], per)
+        if how is not None:
+            hoist[j] = (how[0], len(emit), len(how[1]), *how[2:])
+            emit += how[1]
+    kept = [j for j in fk if j not in hoist]
+    carry_out = list(gc_) + [acc[j] + gk[fk.index(j)] for j in kept]
+    bcarry = tuple(dcarry[j] for j in fc) + tuple(acc[j] for j in kept)
+    bbody, outer = close_over(bcarry, bxs, carry_out, list(gx) + emit)
     b_init = [parts[j] if j in parts else _zeros(body.carry[j].shape, body.carry[j].dtype) for j in fc]
-    b_init += [_zeros(clo[j].shape, clo[j].dtype) for j in fk]
+    b_init += [_zeros(clo[j].shape, clo[j].dtype) for j in kept]
     b_xs = [parts[C + j] for j in dy] + R + [xs[x_pos[r.id]] for r in x_res]
     back = Node(OPS["scan"], tuple(b_init + b_xs + outer), {"body": bbody, "length": T, "reverse": not rev}, (),
                 np.dtype(bool))
     out: list = [None] * len(n.inputs)
     for k, j in enumerate(fc):
         out[j] = make("scan_get", (back,), index=k)
-    for k, j in enumerate(fk):
+    for k, j in enumerate(kept):
         out[C + X + j] = make("scan_get", (back,), index=len(fc) + k)
     for k, j in enumerate(fx):
         out[C + j] = make("scan_get", (back,), index=len(bcarry) + k)
+    first = len(bcarry) + len(fx)
+    for j, (kind, at, count, *info) in hoist.items():
+        stacked = [make("scan_get", (back,), index=first + at + i) for i in range(count)]
+        out[C + X + j] = _total(kind, stacked, info, T)
     return out
 
 
