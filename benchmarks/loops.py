@@ -108,10 +108,13 @@ def _child(kind: str, model: str, mode: str, graphc_path: str | None) -> dict:
         env["GRAPHC_CACHE_DIR"] = cache
         if graphc_path:
             env["PYTHONPATH"] = graphc_path + os.pathsep + env.get("PYTHONPATH", "")
-        code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r}); "
+        # graphc from PYTHONPATH (--graphc) or the installed one; this checkout only for benchmarks/
+        code = (f"import json, sys; sys.path.append({os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r}); "
                 f"from benchmarks.loops import {kind}_case; "
+                "import graphc; print(graphc.__file__, file=sys.stderr); "
                 f"print(json.dumps({kind}_case({model!r}{', ' + repr(mode) if kind == 'graphc' else ''})))")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800,
+                             cwd=cache)  # not this checkout: its graphc would shadow --graphc's
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
     return json.loads(out.stdout.strip().splitlines()[-1])

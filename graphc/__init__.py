@@ -16,7 +16,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
-from . import init, nn, ops, optim
+from . import distributed, init, nn, ops, optim
 from .autodiff import grad
 from .check import check_grad
 from .errors import CacheError, DTypeError, GraphcError, InputError, ShapeError
@@ -27,6 +27,6 @@ from .ops import *  # noqa: F403 - the op functions are the public API
 
 __all__ = [
     "__version__", "grad", "check_grad", "function", "Function", "format", "to_dot", "to_networkx", "toposort",
-    "Node", "constant", "input", "param", "ops", "init", "nn", "optim",
+    "Node", "constant", "input", "param", "ops", "init", "nn", "optim", "distributed",
     "GraphcError", "ShapeError", "DTypeError", "InputError", "CacheError",
 ] + ops.__all__

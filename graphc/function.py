@@ -83,6 +83,7 @@ class Function:
             if n.op.name == "input" and n.id not in given:
                 raise GraphcError(f"the graph needs input {n.name!r} ({fmt_site(n.site)}), which is not in the inputs list")
         self.params = [n for n in order if n.op.name == "param"]
+        self.collective = any(n.op.kind == "collective" for n in order)  # runs with other ranks: see __call__
         if target in ("cpu", "cuda"):
             half = next((n for n in order if n.dtype == np.float16), None)
             if half is not None:  # Numba has no float16 arithmetic: refuse here, not deep in a compiler
@@ -232,6 +233,18 @@ class Function:
                                  f"for {n.op.name} ({fmt_site(n.site)})")
         return feeds, env
 
+    def _bind_agreed(self, args: tuple) -> tuple[dict, dict]:
+        """A step with collectives: every rank checks its arguments and the ranks agree before
+        any of them starts, so bad input on one rank raises on all, and nothing changes."""
+        from . import distributed
+        try:
+            bound = self._bind(args)
+        except Exception as e:
+            distributed.agree(e)
+            raise
+        distributed.agree(None)
+        return bound
+
     def __call__(self, *args: Any):
         # One step at a time per group of functions sharing params; never re-entered (atomic.py).
         # Written out, not as atomic.running(): a generator context manager costs a microsecond.
@@ -245,7 +258,10 @@ class Function:
             try:
                 if self._pending is not None and self._pending.done.is_set():
                     self._program, self._pending = self._pending.result(), None
-                arrays, env = self._bind(args)
+                if self.collective:
+                    arrays, env = self._bind_agreed(args)
+                else:
+                    arrays, env = self._bind(args)
                 self._last_env = env
                 outs = self._program.run(arrays, env)
             finally:

@@ -23,6 +23,7 @@ from .autodiff import grad
 from .errors import GraphcError
 from .ir import Node, as_node, param
 from .nn import Module, state_updates
+from .ops.collective import BUCKET_BYTES, allreduce_buckets
 
 Params = Module | Iterable[Node]
 _ids = itertools.count()
@@ -83,9 +84,15 @@ def l2_penalty(params: Params, weight: float) -> Node:
 
 
 class Optimizer:
-    """Common parts: the params, gradient clipping, state params, the step count."""
+    """Common parts: the params, gradient clipping, state params, the step count.
 
-    def __init__(self, params: Params, lr, weight_decay: float = 0.0, clip_grad_norm: float | None = None):
+    ``distributed=True`` (data-parallel training over MPI, ``gc.distributed``): rank 0's params
+    are broadcast to every rank now, and each step averages the gradients over the ranks before
+    the update (in buckets of up to ``bucket_bytes``, one all-reduce each), so every rank applies
+    the same update and the params stay identical."""
+
+    def __init__(self, params: Params, lr, weight_decay: float = 0.0, clip_grad_norm: float | None = None,
+                 distributed: bool = False, bucket_bytes: int = BUCKET_BYTES):
         self.params = _params(params)
         if not self.params:
             raise GraphcError("no params to optimize")
@@ -95,6 +102,10 @@ class Optimizer:
         self.name = f"{type(self).__name__.lower()}{next(_ids)}"
         self._state: dict[tuple[int, str], Node] = {}
         self.step_count = param(f"{self.name}.step", np.int64(0))  # steps taken; torch's `step`
+        self.distributed, self.bucket_bytes = distributed, int(bucket_bytes)
+        if distributed:  # every rank starts from rank 0's params (ranks may have drawn different ones)
+            from . import distributed as dist
+            dist.broadcast(self.params)
 
     def state(self, p: Node, what: str) -> Node:
         """The state param ``what`` of ``p`` (zeros at first), made once and reused."""
@@ -112,6 +123,8 @@ class Optimizer:
     def updates(self, loss: Node) -> list[tuple[Node, Node]]:
         """Updates of one step on ``loss``: params, optimizer state and dropout keys."""
         grads = grad(loss, self.params)
+        if self.distributed:  # the mean over ranks, last layer's bucket first (it is ready first)
+            grads = allreduce_buckets(grads[::-1], "mean", self.bucket_bytes)[::-1]
         if self.clip_grad_norm is not None:
             grads = clip_by_global_norm(grads, self.clip_grad_norm)
         out = [(self.step_count, self.step_count + 1)]
@@ -128,10 +141,11 @@ class SGD(Optimizer):
     g = g + momentum b (Nesterov) or b; p -= lr g."""
 
     def __init__(self, params: Params, lr, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 dampening: float = 0.0, clip_grad_norm: float | None = None):
+                 dampening: float = 0.0, clip_grad_norm: float | None = None, distributed: bool = False,
+                 bucket_bytes: int = BUCKET_BYTES):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise GraphcError("Nesterov momentum requires a momentum and zero dampening")
-        super().__init__(params, lr, weight_decay, clip_grad_norm)
+        super().__init__(params, lr, weight_decay, clip_grad_norm, distributed, bucket_bytes)
         self.momentum, self.nesterov, self.dampening = float(momentum), nesterov, float(dampening)
 
     def _update(self, p, g):
@@ -155,8 +169,9 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, params: Params, lr=1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, clip_grad_norm: float | None = None):
-        super().__init__(params, lr, weight_decay, clip_grad_norm)
+                 weight_decay: float = 0.0, clip_grad_norm: float | None = None, distributed: bool = False,
+                 bucket_bytes: int = BUCKET_BYTES):
+        super().__init__(params, lr, weight_decay, clip_grad_norm, distributed, bucket_bytes)
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
     def _update(self, p, g):
@@ -188,8 +203,9 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params: Params, lr=1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, clip_grad_norm: float | None = None):
-        super().__init__(params, lr, betas, eps, weight_decay, clip_grad_norm)
+                 weight_decay: float = 1e-2, clip_grad_norm: float | None = None, distributed: bool = False,
+                 bucket_bytes: int = BUCKET_BYTES):
+        super().__init__(params, lr, betas, eps, weight_decay, clip_grad_norm, distributed, bucket_bytes)
 
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "global_norm", "clip_by_global_norm", "grad_norms", "l1_penalty",

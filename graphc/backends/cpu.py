@@ -23,11 +23,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, distributed
 from ..errors import GraphcError
 from ..shapes import resolve
 from . import library, native
-from .steps import SPEC_FORMAT, StepBuilder, base_label, base_names, bits, debug_namespace, evaluate, flat_calls, render, unnpy
+from .steps import (
+    SPEC_FORMAT,
+    StepBuilder,
+    base_label,
+    base_names,
+    bits,
+    debug_namespace,
+    evaluate,
+    flat_calls,
+    flat_hosts,
+    render,
+    unnpy,
+)
 from .threads import Governor
 
 # Work (elements, ten per transcendental) below which a parallel kernel gains nothing here: a
@@ -54,7 +66,7 @@ _HASH: list = []
 class _Plan:
     """A spec resolved for one set of dims: the int64 plan, the bases it points into, outputs."""
 
-    __slots__ = ("plan", "addr", "template", "workspace", "n_calls", "outs", "parallel", "keys", "kernel_of")
+    __slots__ = ("plan", "addr", "template", "workspace", "n_calls", "outs", "parallel", "keys", "kernel_of", "hosts")
 
 
 class CpuProgram:
@@ -158,6 +170,7 @@ class CpuProgram:
         if got is not None:
             return got
         spec, pl = self.spec, _Plan()
+        pl.hosts = []
         flat = list(flat_calls(spec["calls"]))
         scratch = {dt: max((evaluate(c["scratch"][dt], env) for c in flat if dt in c["scratch"]), default=0)
                    for dt in spec["ws_dtypes"]}
@@ -172,7 +185,7 @@ class CpuProgram:
         if pl.parallel:
             native.parallel_used()
         addr = {id(c): 0 if self.debug else self._address(k) for c, k in zip(flat, pl.keys)}
-        addrs, kernel_of, words, lens = self._expand(spec["calls"], env, addr)
+        addrs, kernel_of, words, lens = self._expand(spec["calls"], env, addr, pl.hosts)
         n = pl.n_calls = len(addrs)
         head = np.array([n, pl.template.ctypes.data, len(bases), self.errors.ctypes.data if spec["checks"] else 0])
         at = native.PLAN_HEAD + 2 * n + np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
@@ -186,13 +199,17 @@ class CpuProgram:
         self._plans[key] = pl
         return pl
 
-    def _expand(self, calls: list[dict], env: dict, addr: dict) -> tuple:
+    def _expand(self, calls: list[dict], env: dict, addr: dict, hosts: list | None = None) -> tuple:
         """The plan's calls: (kernel addresses, kernel numbers, argument words, words per call).
         A loop's calls repeat once per step; their arguments are affine in the loop's counter
         (offsets of the step's slices), so the words of step t are those of step 0 plus t times
-        the difference from step 1: one plan serves any number of steps without compiling."""
+        the difference from step 1: one plan serves any number of steps without compiling.
+        Host calls (collectives) go to ``hosts`` as (calls before them, what they do)."""
         addrs, kernel_of, words, lens = [], [], [], []
         for c in calls:
+            if "host" in c:
+                hosts.append((sum(len(a) for a in addrs), self._host_action(c, env)))
+                continue
             if "loop" in c:
                 T = evaluate(c["loop"], env)
                 if T <= 0:
@@ -214,6 +231,49 @@ class CpuProgram:
         cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, np.int64)
         return cat(addrs), cat(kernel_of), cat(words), cat(lens)
 
+    def _host_action(self, c: dict, env: dict):
+        """A collective's start or wait, as a function of the step's flat base arrays."""
+        j = c["id"]
+        if c["host"] == "wait":
+            def wait(B, pending):
+                pending.pop(j).wait()
+            return wait
+        m = self.spec["collectives"][j]
+        n = evaluate(m["count"], env)
+        (sb, so), (db, do) = [(self.labels[base_label(b)], evaluate(off, env)) for b, off in (m["src"], m["dst"])]
+
+        def start(B, pending):
+            pending[j] = distributed.Pending(B[sb][so:so + n], B[db][do:do + n], m["op"])
+        return start
+
+    def _flat_bases(self, pl: _Plan, args: list, outs: list) -> list:
+        flat = lambda a: (a.view(np.uint8) if a.dtype == np.bool_ else a).reshape(-1)
+        return [flat(b) for b in self.arenas + pl.workspace + self.consts + [self.errors] + args + outs]
+
+    def _run_with_hosts(self, pl: _Plan, args: list, outs: list) -> float:
+        """The plan in stretches between host calls: the driver runs kernels, the host runs
+        collectives (a started all-reduce proceeds while the next stretch runs). Returns the
+        seconds spent in kernels (what the thread governor judges)."""
+        arrays, B, pending, at, busy = tuple(args + outs), self._flat_bases(pl, args, outs), {}, 0, 0.0
+        clock = time.perf_counter
+        for pos, action in pl.hosts:
+            if pos > at:
+                t = clock()
+                self._run(pl.addr, arrays, at, pos)
+                busy += clock() - t
+                at = pos
+                if self.errors[0]:
+                    break
+            action(B, pending)
+        else:
+            if at < pl.n_calls:
+                t = clock()
+                self._run(pl.addr, arrays, at, pl.n_calls)
+                busy += clock() - t
+        for p in pending.values():  # (after an error: complete what was started)
+            p.wait()
+        return busy
+
     # -- running ---------------------------------------------------------------------------------
     def run(self, arrays: list[np.ndarray], env: dict) -> list[np.ndarray]:
         if self.arenas is None:
@@ -226,6 +286,10 @@ class CpuProgram:
         before = None if self.all_out else self._source_outputs(args, env)  # params as they were
         if self.debug:
             self._debug_call(pl, args, outs, env)
+        elif pl.hosts:
+            gov = self.governor
+            gov.before()
+            gov.after(self._run_with_hosts(pl, args, outs))
         else:
             gov = self.governor
             if gov.idle:
@@ -244,12 +308,17 @@ class CpuProgram:
 
     def _index_error(self):
         """A kernel found an index out of range and the driver stopped after it: nothing was
-        committed (steps with such checks update params only after their last kernel)."""
+        committed (steps with such checks update params only after their last kernel). In a
+        job of several ranks whose step has collectives, the others would wait forever for this
+        rank's: the job is aborted with the message."""
         j, value = int(self.errors[0]) - 1, int(self.errors[1])
         self.errors[:] = 0
         op, site, bound = self.spec["checks"][j]
         n = evaluate(bound, self.fn._last_env or {})
-        raise GraphcError(f"{op} ({site}): index {value} is out of range [0, {n})")
+        msg = f"{op} ({site}): index {value} is out of range [0, {n})"
+        if self.spec.get("collectives") and distributed.size() > 1:
+            distributed.abort(msg)
+        raise GraphcError(msg)
 
     def _source_outputs(self, args: list, env: dict) -> list:
         res = []
@@ -273,7 +342,14 @@ class CpuProgram:
         key = tuple(pl.keys)
         if key not in self._debug_ns:
             self._debug_ns[key] = debug_namespace(render(self.spec, self.dims, pl.keys))
-        self._debug_ns[key]["step"](B, *(env[d] for d in self.dims))
+        ns = self._debug_ns[key]
+        if self.spec.get("collectives"):
+            actions, pending = {}, {}
+            for c in flat_hosts(self.spec["calls"]):
+                actions[(c["host"], c["id"])] = self._host_action(c, env)
+            ns["collective_start"] = lambda j, B: actions[("start", j)](B, pending)
+            ns["collective_wait"] = lambda j, B: actions[("wait", j)](B, pending)
+        ns["step"](B, *(env[d] for d in self.dims))
 
     def profile(self, arrays: list[np.ndarray], env: dict, repeat: int = 20) -> list[float]:
         """Median seconds of each kernel (with the copies it needs), run call by call."""

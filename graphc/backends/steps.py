@@ -16,11 +16,11 @@ from math import prod
 import numpy as np
 
 from .. import __version__
-from ..errors import fmt_site
+from ..errors import GraphcError, fmt_site
 from ..ir import Node
 from ..passes.fusion import base_of
 from ..program import Program
-from ..shapes import form, form_mul, form_text, size
+from ..shapes import fmt_shape, form, form_mul, form_text, size
 from . import library
 from .layout import ZERO, Layout, Scratch, View, c_strides, fadd, step_view
 from .loops import KernelCode, copy_code, describe, kernel_code
@@ -85,6 +85,8 @@ class StepBuilder:
         self.kernels: dict[str, str] = {}
         self.checks: list = []  # (op, site, bound form) of every index range check in a kernel
         self.loops = 0
+        self.collectives: list[dict] = []  # all-reduces, by number: what host calls start and wait for
+        self.pending: dict[int, int] = {}  # started all-reduces not yet waited for -> their node id
 
     def add(self, code: KernelCode, kernel: int | None, comment_lines: list[str], scratch: Scratch, work=None,
             layout: Layout | None = None) -> None:
@@ -129,6 +131,13 @@ class StepBuilder:
         where = "" if kernel is None else f"kernel {kernel}'s body, "
         for k in prog.kernels:
             at = k.index if kernel is None else kernel
+            self.wait_for({base_of(v)[0].id for v in k.inputs})
+            if k.kind == "allreduce":
+                if layout is not self.layout:
+                    raise GraphcError(f"allreduce inside a loop body ({fmt_site(k.nodes[0].site)}) is not supported "
+                                      "on target='cpu': all-reduce the scan's results instead")
+                self.collective_call(k, layout, at)
+                continue
             if k.kind == "scan":
                 self.scan_calls(k, prog, layout, at)
                 continue
@@ -139,6 +148,40 @@ class StepBuilder:
                          [f"{where}kernel {k.index} reads a strided view contiguous: copied first"], code.scratch,
                          layout=layout)
             self.add(code, at, [head] + [f"  {describe(n)}" for n in k.nodes], code.scratch, k.loop_work(), layout)
+
+    def collective_call(self, k, layout: Layout, at: int) -> None:
+        """An all-reduce: a host call that starts it (the driver stops there, mpi4py starts it,
+        the driver goes on) and, before the first call that reads its result, one that waits.
+        Its input must be contiguous; a strided one is copied into scratch, and then waited for
+        at once (scratch is only the next call's)."""
+        n = k.nodes[0]
+        scratch = Scratch()
+        src = self.view(n.inputs[0], scratch, layout, at)
+        if tuple(src.strides) != c_strides(src.shape):
+            tmp = scratch.take(src.dtype, src.shape, layout.ws_end)
+            self.add(copy_code(src, tmp, "an all-reduce's input"), at, [f"kernel {at}: the all-reduce's input, contiguous"],
+                     scratch, layout=layout)
+            src = tmp
+        dst = layout.buffer(n)
+        j = len(self.collectives)
+        self.collectives.append({"op": n.attrs["op"], "dtype": n.dtype.name, "count": jform(form(size(n.shape))),
+                                 "src": [list(src.base), jform(dict(src.offset))],
+                                 "dst": [list(dst.base), jform(dict(dst.offset))],
+                                 "kernel": at, "site": comment(fmt_site(n.site))})
+        self.calls.append({"host": "start", "id": j, "kernel": at,
+                           "comment": [f"kernel {at}: all-reduce {n.attrs['op']} of {fmt_shape(n.shape)} {n.dtype.name} "
+                                       f"across ranks ({fmt_site(n.site)}): start, and go on with the next calls"]})
+        self.pending[j] = n.id
+        if scratch.items:
+            self.wait_for({n.id})
+
+    def wait_for(self, reads: set) -> None:
+        """Host calls that wait for the all-reduces whose results a call is about to read."""
+        for j, nid in list(self.pending.items()):
+            if nid in reads:
+                del self.pending[j]
+                self.calls.append({"host": "wait", "id": j, "kernel": self.collectives[j]["kernel"],
+                                   "comment": [f"wait for all-reduce {j} (kernel {self.collectives[j]['kernel']})"]})
 
     def scan_calls(self, k, prog: Program, layout: Layout, at: int) -> None:
         """A scan: its initial carries copied into carry buffers, then a loop over the body's calls
@@ -208,6 +251,7 @@ class StepBuilder:
     def build(self) -> dict:
         prog, layout = self.prog, self.layout
         self.program_calls(prog, layout)
+        self.wait_for(set(self.pending.values()))  # outputs and commits read what is left
         final = Scratch()
         outputs = self.outputs(final)
         self.commits(final)
@@ -219,7 +263,7 @@ class StepBuilder:
             "ws_end": {dt: jform(f) for dt, f in layout.ws_end.items()},
             "consts": [_npy(c.attrs["value"]) for c in layout.consts],
             "kernels": self.kernels, "calls": self.calls, "outputs": outputs,
-            "blas_threads": big, "n_kernels": len(prog.kernels), "checks": self.checks,
+            "blas_threads": big, "n_kernels": len(prog.kernels), "checks": self.checks, "collectives": self.collectives,
             "doc": [f"The whole step: {len(prog.kernels)} kernels."]
                    + [f"in{j}: input {x.name} {x.dtype.name}{tuple(x.shape)}" for j, x in enumerate(self.inputs)],
         }
@@ -278,11 +322,21 @@ class StepBuilder:
 
 
 def flat_calls(calls: list[dict]):
-    """Every call of a spec in order, loops' bodies included once (not once per step)."""
+    """Every kernel call of a spec in order, loops' bodies included once (not once per step);
+    host calls (collectives) are not kernel calls."""
     for c in calls:
         if "loop" in c:
             yield from flat_calls(c["calls"])
-        else:
+        elif "host" not in c:
+            yield c
+
+
+def flat_hosts(calls: list[dict]):
+    """The host calls of a spec, in order."""
+    for c in calls:
+        if "loop" in c:
+            yield from flat_hosts(c["calls"])
+        elif "host" in c:
             yield c
 
 
@@ -322,6 +376,9 @@ def _render_calls(s: Source, calls: list[dict], keys, names: list[str], checks: 
         if "loop" in c:  # a scan: its counter appears in the offsets of the step's slices
             with s.block(f"for {c['var'][1:]} in range({_form_text(c['loop'])}):"):
                 _render_calls(s, c["calls"], keys, names, checks)
+            continue
+        if "host" in c:  # the driver stops; the host (mpi4py) starts or completes a collective
+            s(f"collective_{c['host']}({c['id']}, B)")
             continue
         args = ", ".join(_slot_text(x, names) for x in c["slots"])
         s(f"{library.function_name(next(keys))}(np.array([{args}], np.int64), B)")
@@ -376,5 +433,6 @@ def debug_namespace(source: str) -> dict:
     return ns
 
 
-__all__ = ["StepBuilder", "render", "flat_calls", "base_names", "base_label", "bits", "evaluate", "unnpy", "debug_namespace",
+__all__ = ["StepBuilder", "render", "flat_calls", "flat_hosts",
+           "base_names", "base_label", "bits", "evaluate", "unnpy", "debug_namespace",
            "SPEC_FORMAT"]

@@ -10,6 +10,7 @@ from . import arange as _arange_ops  # noqa: F401
 from . import conv, elementwise, index, linalg, nn, random, reduce  # noqa: F401 - each registers its ops
 from . import shape as _shape_ops  # noqa: F401
 from .arange import arange, iota
+from .collective import allreduce
 from .conv import avg_pool2d, conv2d, conv_transpose2d, interpolate, max_pool2d, pad2d
 from .cumulative import cumprod, cumsum, logcumsumexp
 from .einsum import einsum
@@ -79,7 +80,7 @@ from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squ
 from .sort import argsort, sort, topk
 
 __all__ = [  # sorted; one line per initial letter
-    "abs", "all", "any", "arange", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctanh", "argmax", "argmin",
+    "abs", "all", "allreduce", "any", "arange", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctanh", "argmax", "argmin",
     "argsort", "avg_pool2d",
     "broadcast_to",
     "cast", "ceil", "chunk", "clip", "concatenate", "conv2d", "conv_transpose2d", "cos", "cosh", "cumprod", "cumsum",

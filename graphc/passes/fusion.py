@@ -335,7 +335,12 @@ def schedule(roots: list[Node], fuse: bool = True) -> Schedule:
                                     heapq.heappush(heap, z)
     kernels = []
     root_ids = {base_of(r)[0].id for r in roots}  # a root that is a view keeps its buffer
-    for k, gid in enumerate(nx.lexicographical_topological_sort(G, key=lambda g: min(n.id for n in groups[g].nodes))):
+    # Collectives start as soon as their input is ready (and so do the copies that only feed
+    # them: a gradient bucket), so that they overlap the kernels that do not need them.
+    eager = {g for g in groups if groups[g].kind == "allreduce"}
+    eager |= {g for g in groups if G.out_degree(g) and all(c in eager for c in G.successors(g))}
+    order_key = lambda g: (g not in eager, min(n.id for n in groups[g].nodes))
+    for k, gid in enumerate(nx.lexicographical_topological_sort(G, key=order_key)):
         g = groups[gid]
         nodes = sorted(g.nodes, key=lambda n: n.id)
         inside = {n.id for n in nodes}

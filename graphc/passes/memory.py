@@ -71,6 +71,16 @@ def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[No
                 reads.setdefault(b.id, []).append((k.index, aligned))
                 if b.id in buffers:
                     buffers[b.id].last = max(buffers[b.id].last, k.index)
+    # A collective runs on while the kernels after it do, until the first kernel that reads
+    # its result waits for it: what it reads stays live (and unchanged) until then.
+    for k in kernels:
+        if k.kind == "allreduce":
+            first = min((j for j, _ in reads.get(k.outputs[0].id, [])), default=end)
+            for v in k.inputs:
+                b = base_of(v)[0]
+                reads.setdefault(b.id, []).append((first - 1, False))
+                if b.id in buffers:
+                    buffers[b.id].last = max(buffers[b.id].last, first - 1)
     plan = MemoryPlan(buffers)
     # A param is overwritten in place when nothing reads it after its update is computed,
     # and the updating kernel itself reads it only at the index it writes. Outputs and

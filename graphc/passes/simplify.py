@@ -31,7 +31,7 @@ def fold_constants(n: Node) -> Node | None:
     """Evaluate ops whose inputs are all constants."""
     if n.op.name == "count" and is_concrete(n.attrs["dims"]):
         return constant(prod(n.attrs["dims"]), n.dtype)
-    if n.op.kind == "source" or not n.inputs or n.op.ref is None:
+    if n.op.kind in ("source", "collective") or not n.inputs or n.op.ref is None:  # (a collective talks to other ranks)
         return None
     if not all(_const(i) for i in n.inputs) or not is_concrete(n.shape) or prod(n.shape) > FOLD_LIMIT:
         return None
