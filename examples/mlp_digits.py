@@ -4,6 +4,7 @@ The whole training step (forward, backward, Adam with its moments and step count
 dropout key) is one compiled call. Writes a loss/accuracy plot to examples/out/.
 
     python examples/mlp_digits.py [--target cpu|numpy] [--epochs N] [--quick]
+    mpiexec -n 2 python examples/mlp_digits.py --distributed   # data-parallel: half of each batch per rank
 """
 from __future__ import annotations
 
@@ -65,35 +66,53 @@ def main(argv=None) -> float:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--quick", action="store_true", help="3 epochs, for tests")
+    ap.add_argument("--distributed", action="store_true",
+                    help="data-parallel over the ranks of `mpiexec -n N`: each takes 1/N of every batch")
     args = ap.parse_args(argv)
     epochs = 3 if args.quick else args.epochs
     Xtr, Xte, ytr, yte = load_data()
+    rank, size = gc.distributed.init() if args.distributed else (0, 1)
+    say = print if rank == 0 else (lambda *a, **k: None)
 
     m = build()
-    opt = gc.optim.Adam(m.model, lr=args.lr)
+    opt = gc.optim.Adam(m.model, lr=args.lr, distributed=args.distributed)
     t0 = time.perf_counter()
     step = gc.function(m.inputs, m.loss, updates=opt.updates(m.loss), target=args.target)
     predict = gc.function([m.x], m.logits, target=args.target)
-    print(f"graphc target={args.target}: compiled in {time.perf_counter() - t0:.2f} s; "
-          f"{len(Xtr)} train / {len(Xte)} test digits")
+    say(f"graphc target={args.target}: compiled in {time.perf_counter() - t0:.2f} s; "
+        f"{len(Xtr)} train / {len(Xte)} test digits"
+        + (f"; {size} ranks, {gc.distributed.local_batch(args.batch)} of each batch of {args.batch} per rank"
+           if args.distributed else ""))
 
     rng = np.random.default_rng(0)
     hist: dict[str, list] = {"loss": [], "train_acc": [], "test_acc": []}
-    bar = tqdm(range(1, epochs + 1), desc="epochs", unit="epoch")
+    bar = tqdm(range(1, epochs + 1), desc="epochs", unit="epoch", disable=rank != 0)
     for epoch in bar:
         t = time.perf_counter()
-        perm = rng.permutation(len(Xtr))
-        losses = [step(Xtr[perm[i:i + args.batch]], ytr[perm[i:i + args.batch]]) for i in range(0, len(Xtr), args.batch)]
+        if args.distributed:  # one shuffle shared by the ranks, each its share of every full batch
+            batches = gc.distributed.batches(len(Xtr), args.batch, seed=0, epoch=epoch)
+        else:
+            perm = rng.permutation(len(Xtr))
+            batches = (perm[i:i + args.batch] for i in range(0, len(Xtr), args.batch))
+        losses = [step(Xtr[idx], ytr[idx]) for idx in batches]
+        if args.distributed:  # the mean over ranks of each rank's mean loss
+            losses = gc.distributed.allreduce_array(np.array(losses, np.float64), "mean")
         hist["loss"].append(float(np.mean(losses)))
         hist["train_acc"].append(float((predict(Xtr).argmax(1) == ytr).mean()))
         hist["test_acc"].append(float((predict(Xte).argmax(1) == yte).mean()))
         bar.set_postfix(loss=f"{hist['loss'][-1]:.4f}", test_acc=f"{hist['test_acc'][-1]:.4f}")
-        tqdm.write(f"epoch {epoch:3d}  loss {hist['loss'][-1]:.4f}  train acc {hist['train_acc'][-1]:.4f}  "
+        (tqdm.write if rank == 0 else (lambda *a: None))(f"epoch {epoch:3d}  loss {hist['loss'][-1]:.4f}  train acc {hist['train_acc'][-1]:.4f}  "
                    f"test acc {hist['test_acc'][-1]:.4f}  ({(time.perf_counter() - t) * 1e3:.0f} ms)")
     acc = hist["test_acc"][-1]
-    print(f"final held-out test accuracy: {acc:.4f}")
-    plot(hist, os.path.join(args.out, "mlp_digits.png"), f"MLP on digits (graphc, target={args.target})")
-    print(f"plot: {os.path.join(args.out, 'mlp_digits.png')}")
+    say(f"final held-out test accuracy: {acc:.4f}")
+    if args.distributed:
+        st = gc.distributed.comm_stats()
+        say(f"rank 0: {st['calls']} all-reduces, {st['seconds']:.2f} s in communication")
+    if rank == 0:
+        name = "mlp_digits_distributed.png" if args.distributed else "mlp_digits.png"
+        plot(hist, os.path.join(args.out, name), f"MLP on digits (graphc, target={args.target}"
+             + (f", {size} ranks)" if args.distributed else ")"))
+        print(f"plot: {os.path.join(args.out, name)}")
     return acc
 
 

@@ -99,8 +99,38 @@ def report(fn, env: dict | None = None) -> str:
             step = prod(resolve(n.shape[1:], env)) * n.dtype.itemsize
             what = f"a loop's per-step values: {n.shape[0]} × {fmt_shape(n.shape[1:])} = {n.shape[0]} × {_si(step, 'B')}"
         lines.append(f"    {what} ({fmt_site(n.site)})")
+    lines += _collectives(prog, env)
     cache = getattr(fn, "cache_info", None)
     if cache:
         lines.append("")
         lines.append(f"cache: {cache}")
     return "\n".join(lines)
+
+
+def _collectives(prog, env: dict) -> list[str]:
+    """All-reduces: their bytes, and the kernels that run while each is in flight (from its
+    start, as soon as its input is ready, to the first kernel that reads its result)."""
+    ars = [k for k in prog.kernels if k.kind == "allreduce"]
+    if not ars:
+        return []
+    total = sum(prod(resolve(k.nodes[0].shape, env)) * k.nodes[0].dtype.itemsize for k in ars)
+    lines = ["", f"collectives: {len(ars)} all-reduces, {_si(total, 'B')} per step per rank (one message each)"]
+    for k in ars:
+        n = k.nodes[0]
+        readers = [j.index for j in prog.kernels if j.index > k.index and any(v.id == n.id or v.inputs and
+                   _reads(v, n) for v in j.inputs)]
+        first = min(readers, default=len(prog.kernels))
+        window = [j for j in prog.kernels[k.index + 1:first] if j.kind != "allreduce"]
+        flops = sum(_flops(j, prog, env) for j in window)
+        what = f"kernels {window[0].index}-{window[-1].index} ({len(window)}, {_si(flops, 'FLOP')})" if window else "nothing"
+        waits = f"kernel {first}" if first < len(prog.kernels) else "the outputs"
+        lines.append(f"  [{k.index:2d}] {n.attrs['op']} of {fmt_shape(n.shape)} {n.dtype.name} "
+                     f"({_si(prod(resolve(n.shape, env)) * n.dtype.itemsize, 'B')}, {fmt_site(n.site)}): "
+                     f"overlaps {what}; waited for before {waits}")
+    return lines
+
+
+def _reads(v, n) -> bool:
+    """Whether value ``v`` is a view of ``n``."""
+    from .passes.fusion import base_of
+    return base_of(v)[0].id == n.id

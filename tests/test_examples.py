@@ -43,6 +43,22 @@ def test_mlp_digits_main_job(tmp_path):
     assert number(r"final held-out test accuracy: ([\d.]+)", out) > 0.85
 
 
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or not __import__("shutil").which("mpiexec"),
+                    reason="mpi4py or mpiexec missing: pip install 'graphc[mpi]'")
+def test_mlp_digits_distributed(tmp_path):
+    """README's distributed command: 2 ranks, half of each batch each, and the accuracy of one."""
+    env = dict(os.environ, MPLBACKEND="Agg", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = ["mpiexec", "-n", "2", sys.executable, str(EXAMPLES / "mlp_digits.py"), "--distributed", "--epochs", "8",
+           "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    assert "2 ranks, 32 of each batch of 64 per rank" in out
+    assert len(re.findall(r"^epoch +\d+  loss", out, re.M)) == 8  # rank 0 reports, once per epoch
+    assert number(r"final held-out test accuracy: ([\d.]+)", out) > 0.93
+    assert (tmp_path / "mlp_digits_distributed.png").exists()
+
+
 def test_cnn_digits(tmp_path):
     out = run("cnn_digits", tmp_path, "--target", "numpy")
     assert number(r"final held-out test accuracy: ([\d.]+)", out) > 0.5
