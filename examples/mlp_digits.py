@@ -101,8 +101,9 @@ def main(argv=None) -> float:
         hist["train_acc"].append(float((predict(Xtr).argmax(1) == ytr).mean()))
         hist["test_acc"].append(float((predict(Xte).argmax(1) == yte).mean()))
         bar.set_postfix(loss=f"{hist['loss'][-1]:.4f}", test_acc=f"{hist['test_acc'][-1]:.4f}")
-        (tqdm.write if rank == 0 else (lambda *a: None))(f"epoch {epoch:3d}  loss {hist['loss'][-1]:.4f}  train acc {hist['train_acc'][-1]:.4f}  "
-                   f"test acc {hist['test_acc'][-1]:.4f}  ({(time.perf_counter() - t) * 1e3:.0f} ms)")
+        report = tqdm.write if rank == 0 else say
+        report(f"epoch {epoch:3d}  loss {hist['loss'][-1]:.4f}  train acc {hist['train_acc'][-1]:.4f}  "
+               f"test acc {hist['test_acc'][-1]:.4f}  ({(time.perf_counter() - t) * 1e3:.0f} ms)")
     acc = hist["test_acc"][-1]
     say(f"final held-out test accuracy: {acc:.4f}")
     if args.distributed:
