@@ -108,11 +108,12 @@ def _child(kind: str, model: str, mode: str, graphc_path: str | None) -> dict:
         env["GRAPHC_CACHE_DIR"] = cache
         if graphc_path:
             env["PYTHONPATH"] = graphc_path + os.pathsep + env.get("PYTHONPATH", "")
-        # graphc from PYTHONPATH (--graphc) or the installed one; this checkout only for benchmarks/
-        code = (f"import json, sys; sys.path.append({os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r}); "
-                f"from benchmarks.loops import {kind}_case; "
+        # graphc from PYTHONPATH (--graphc) or the installed one; this file loaded by its path
+        code = ("import importlib.util, json, sys; "
+                f"spec = importlib.util.spec_from_file_location('loops_bench', {os.path.abspath(__file__)!r}); "
+                "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
                 "import graphc; print(graphc.__file__, file=sys.stderr); "
-                f"print(json.dumps({kind}_case({model!r}{', ' + repr(mode) if kind == 'graphc' else ''})))")
+                f"print(json.dumps(m.{kind}_case({model!r}{', ' + repr(mode) if kind == 'graphc' else ''})))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1800,
                              cwd=cache)  # not this checkout: its graphc would shadow --graphc's
     if out.returncode:

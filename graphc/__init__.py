@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 from . import distributed, init, nn, ops, optim
 from .autodiff import grad
 from .check import check_grad
+from .checkpoint import load, save
 from .errors import CacheError, DTypeError, GraphcError, InputError, ShapeError
 from .function import Function, function
 from .graph import format, to_dot, to_networkx, toposort
@@ -26,7 +27,7 @@ from .ir import Node, constant, input, param
 from .ops import *  # noqa: F403 - the op functions are the public API
 
 __all__ = [
-    "__version__", "grad", "check_grad", "function", "Function", "format", "to_dot", "to_networkx", "toposort",
+    "__version__", "grad", "check_grad", "save", "load", "function", "Function", "format", "to_dot", "to_networkx", "toposort",
     "Node", "constant", "input", "param", "ops", "init", "nn", "optim", "distributed",
     "GraphcError", "ShapeError", "DTypeError", "InputError", "CacheError",
 ] + ops.__all__
