@@ -98,6 +98,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--quick", action="store_true", help="a few seconds of training, for tests")
+    ap.add_argument("--save", metavar="PATH", help="checkpoint (model, optimizer, RNG state) written after each evaluation")
+    ap.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --save")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.unroll, args.hidden = 60, 8, 32
@@ -136,15 +138,25 @@ def main(argv=None) -> dict:
     hist: dict[str, list] = {"step": [], "train": [], "val": []}
     stream, losses = batches(train, 32, args.unroll), []
     every = max(args.steps // 6, 1)
+    saved, first = {"params": m.params, "opt": opt, "state": list(m.state)}, 1
+    if args.resume:  # params, Adam's moments and step count, the carried (h, c); the step to go on from
+        first = int(gc.load(args.resume, saved)["step"]) + 1
+        for _ in range(first - 1):  # the streams' position
+            next(stream)
+        print(f"resumed from {args.resume} after step {first - 1}")
     t0 = time.perf_counter()
-    for i in tqdm(range(1, args.steps + 1), desc="training", unit="step"):
+    for i in tqdm(range(first, args.steps + 1), desc="training", unit="step"):
         losses.append(float(step(*next(stream))))
         if i % every == 0 or i == args.steps:
             hist["step"].append(i)
             hist["train"].append(float(np.mean(losses[-every:])))
             hist["val"].append(evaluate())
             tqdm.write(f"step {i:5d}  train loss {hist['train'][-1]:.3f}  val loss {hist['val'][-1]:.3f}  "
-                       f"(unigram {unigram:.3f}; {(time.perf_counter() - t0) / i * 1e3:.1f} ms/step)")
+                       f"(unigram {unigram:.3f}; {(time.perf_counter() - t0) / (i - first + 1) * 1e3:.1f} ms/step)")
+            if args.save:
+                gc.save(args.save, saved)
+    if not hist["val"]:
+        hist["step"].append(args.steps), hist["train"].append(float("nan")), hist["val"].append(evaluate())
     print(f"final validation loss {hist['val'][-1]:.3f} nats/char ({hist['val'][-1] / math.log(2):.2f} bits) "
           f"vs unigram baseline {unigram:.3f}")
 

@@ -69,6 +69,8 @@ def main(argv=None) -> float:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--quick", action="store_true", help="2 epochs, for tests")
+    ap.add_argument("--save", metavar="PATH", help="checkpoint (model, optimizer, RNG state) written after each epoch")
+    ap.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --save")
     args = ap.parse_args(argv)
     epochs = 2 if args.quick else args.epochs
     Xtr, Xte, ytr, yte = load_data()
@@ -82,13 +84,16 @@ def main(argv=None) -> float:
     print(f"graphc target={args.target}: compiled in {time.perf_counter() - t0:.2f} s "
           f"({len(step.kernels)} kernels in the training step); {len(Xtr)} train / {len(Xte)} test digits")
 
-    rng = np.random.default_rng(0)
+    saved, first = {"model": m.model, "opt": opt}, 1
+    if args.resume:  # params, Adam's moments and step count, the dropout key; the epoch to go on from
+        first = int(gc.load(args.resume, saved)["epoch"]) + 1
+        print(f"resumed from {args.resume} after epoch {first - 1}")
     hist: dict[str, list] = {"loss": [], "train_acc": [], "test_acc": []}
-    bar = tqdm(range(1, epochs + 1), desc="epochs", unit="epoch")
+    bar = tqdm(range(first, epochs + 1), desc="epochs", unit="epoch")
     for epoch in bar:
         t = time.perf_counter()
         lr.value = args.lr * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / epochs))  # cosine decay
-        perm = rng.permutation(len(Xtr))
+        perm = np.random.default_rng([0, epoch]).permutation(len(Xtr))  # a function of the epoch: resumable
         losses = [step(Xtr[perm[i:i + args.batch]], ytr[perm[i:i + args.batch]]) for i in range(0, len(Xtr), args.batch)]
         hist["loss"].append(float(np.mean(losses)))
         hist["train_acc"].append(float((predict(Xtr).argmax(1) == ytr).mean()))
@@ -96,7 +101,9 @@ def main(argv=None) -> float:
         bar.set_postfix(loss=f"{hist['loss'][-1]:.4f}", test_acc=f"{hist['test_acc'][-1]:.4f}")
         tqdm.write(f"epoch {epoch:3d}  loss {hist['loss'][-1]:.4f}  train acc {hist['train_acc'][-1]:.4f}  "
                    f"test acc {hist['test_acc'][-1]:.4f}  ({(time.perf_counter() - t) * 1e3:.0f} ms)")
-    acc = hist["test_acc"][-1]
+        if args.save:
+            gc.save(args.save, saved, metadata={"epoch": epoch})
+    acc = hist["test_acc"][-1] if hist["test_acc"] else float((predict(Xte).argmax(1) == yte).mean())
     print(f"final held-out test accuracy: {acc:.4f}")
     plot(hist, os.path.join(args.out, "cnn_digits.png"), f"CNN on digits (graphc, target={args.target})")
     print(f"plot: {os.path.join(args.out, 'cnn_digits.png')}")

@@ -3,7 +3,7 @@
 The whole training step (forward, backward, Adam with its moments and step count, the
 dropout key) is one compiled call. Writes a loss/accuracy plot to examples/out/.
 
-    python examples/mlp_digits.py [--target cpu|numpy] [--epochs N] [--quick]
+    python examples/mlp_digits.py [--target cpu|numpy] [--epochs N] [--quick] [--save ckpt] [--resume ckpt]
     mpiexec -n 2 python examples/mlp_digits.py --distributed   # data-parallel: half of each batch per rank
 """
 from __future__ import annotations
@@ -68,6 +68,8 @@ def main(argv=None) -> float:
     ap.add_argument("--quick", action="store_true", help="3 epochs, for tests")
     ap.add_argument("--distributed", action="store_true",
                     help="data-parallel over the ranks of `mpiexec -n N`: each takes 1/N of every batch")
+    ap.add_argument("--save", metavar="PATH", help="checkpoint (model, optimizer, RNG state) written after each epoch")
+    ap.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --save")
     args = ap.parse_args(argv)
     epochs = 3 if args.quick else args.epochs
     Xtr, Xte, ytr, yte = load_data()
@@ -84,15 +86,18 @@ def main(argv=None) -> float:
         + (f"; {size} ranks, {gc.distributed.local_batch(args.batch)} of each batch of {args.batch} per rank"
            if args.distributed else ""))
 
-    rng = np.random.default_rng(0)
+    saved, first = {"model": m.model, "opt": opt}, 1
+    if args.resume:  # params, Adam's moments and step count, the dropout key; the epoch to go on from
+        first = int(gc.load(args.resume, saved)["epoch"]) + 1
+        say(f"resumed from {args.resume} after epoch {first - 1}")
     hist: dict[str, list] = {"loss": [], "train_acc": [], "test_acc": []}
-    bar = tqdm(range(1, epochs + 1), desc="epochs", unit="epoch", disable=rank != 0)
+    bar = tqdm(range(first, epochs + 1), desc="epochs", unit="epoch", disable=rank != 0)
     for epoch in bar:
         t = time.perf_counter()
         if args.distributed:  # one shuffle shared by the ranks, each its share of every full batch
             batches = gc.distributed.batches(len(Xtr), args.batch, seed=0, epoch=epoch)
-        else:
-            perm = rng.permutation(len(Xtr))
+        else:  # the shuffle is a function of the epoch, so a resumed run sees the same batches
+            perm = np.random.default_rng([0, epoch]).permutation(len(Xtr))
             batches = (perm[i:i + args.batch] for i in range(0, len(Xtr), args.batch))
         losses = [step(Xtr[idx], ytr[idx]) for idx in batches]
         if args.distributed:  # the mean over ranks of each rank's mean loss
@@ -104,7 +109,9 @@ def main(argv=None) -> float:
         report = tqdm.write if rank == 0 else say
         report(f"epoch {epoch:3d}  loss {hist['loss'][-1]:.4f}  train acc {hist['train_acc'][-1]:.4f}  "
                f"test acc {hist['test_acc'][-1]:.4f}  ({(time.perf_counter() - t) * 1e3:.0f} ms)")
-    acc = hist["test_acc"][-1]
+        if args.save and rank == 0:
+            gc.save(args.save, saved, metadata={"epoch": epoch})
+    acc = hist["test_acc"][-1] if hist["test_acc"] else float((predict(Xte).argmax(1) == yte).mean())
     say(f"final held-out test accuracy: {acc:.4f}")
     if args.distributed:
         st = gc.distributed.comm_stats()

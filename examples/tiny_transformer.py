@@ -78,6 +78,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--quick", action="store_true", help="a few seconds of training, for tests")
+    ap.add_argument("--save", metavar="PATH", help="checkpoint (model, optimizer, RNG state) written after each evaluation")
+    ap.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --save")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.layers, args.context = 40, 2, 16
@@ -114,10 +116,14 @@ def main(argv=None) -> dict:
 
     hist: dict[str, list] = {"step": [], "train": [], "val": []}
     losses, every = [], max(args.steps // 6, 1)
+    saved, first = {"model": m.model, "opt": opt}, 1
+    if args.resume:  # params, AdamW's moments and step count, dropout keys; the step to go on from
+        first = int(gc.load(args.resume, saved)["step"]) + 1
+        print(f"resumed from {args.resume} after step {first - 1}")
     t0 = time.perf_counter()
-    for i in tqdm(range(1, args.steps + 1), desc="training", unit="step"):
+    for i in tqdm(range(first, args.steps + 1), desc="training", unit="step"):
         lr.value = args.lr * min(1.0, i / 100) * 0.5 * (1 + math.cos(math.pi * i / args.steps))  # warmup, cosine
-        starts = rng.integers(0, len(train) - T - 1, args.batch)
+        starts = np.random.default_rng([0, i]).integers(0, len(train) - T - 1, args.batch)  # a function of i: resumable
         idx = starts[:, None] + np.arange(T)
         losses.append(float(step(train[idx], train[idx + 1])))
         if i % every == 0 or i == args.steps:
@@ -125,7 +131,11 @@ def main(argv=None) -> dict:
             hist["train"].append(float(np.mean(losses[-every:])))
             hist["val"].append(evaluate())
             tqdm.write(f"step {i:5d}  train loss {hist['train'][-1]:.3f}  val loss {hist['val'][-1]:.3f}  "
-                       f"(unigram {unigram:.3f}; {(time.perf_counter() - t0) / i * 1e3:.1f} ms/step)")
+                       f"(unigram {unigram:.3f}; {(time.perf_counter() - t0) / (i - first + 1) * 1e3:.1f} ms/step)")
+            if args.save:
+                gc.save(args.save, saved)
+    if not hist["val"]:
+        hist["step"].append(args.steps), hist["train"].append(float("nan")), hist["val"].append(evaluate())
     print(f"final validation loss {hist['val'][-1]:.3f} nats/char ({hist['val'][-1] / math.log(2):.2f} bits) "
           f"vs unigram baseline {unigram:.3f}")
 

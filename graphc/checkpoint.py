@@ -128,7 +128,9 @@ def save(path: str | os.PathLike, obj, metadata: Mapping[str, str] | None = None
         if k in meta:
             raise GraphcError(f"metadata key {k!r} is graphc's own")
         meta[str(k)] = str(v)
-    write_atomic(Path(path), st_save(tensors, metadata=meta))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, st_save(tensors, metadata=meta))
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:

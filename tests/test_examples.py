@@ -59,6 +59,22 @@ def test_mlp_digits_distributed(tmp_path):
     assert (tmp_path / "mlp_digits_distributed.png").exists()
 
 
+def test_mlp_digits_save_and_resume(tmp_path):
+    """--save after 2 epochs, --resume for 2 more: the same epochs 3 and 4, to the printed digit,
+    as 4 epochs in one run (params, Adam's state, the dropout key and the shuffle all resume)."""
+    def train(*args: str) -> list[str]:
+        cmd = [sys.executable, str(EXAMPLES / "mlp_digits.py"), "--out", str(tmp_path), *args]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, MPLBACKEND="Agg"),
+                             cwd=tmp_path)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return [re.sub(r"\(\d+ ms\)", "", line) for line in res.stdout.splitlines() if line.startswith("epoch")]
+    ck = str(tmp_path / "ck.safetensors")
+    assert len(train("--epochs", "2", "--save", ck)) == 2
+    resumed = train("--epochs", "4", "--resume", ck)
+    straight = train("--epochs", "4")
+    assert resumed == straight[2:] and len(resumed) == 2
+
+
 def test_cnn_digits(tmp_path):
     out = run("cnn_digits", tmp_path, "--target", "numpy")
     assert number(r"final held-out test accuracy: ([\d.]+)", out) > 0.5
