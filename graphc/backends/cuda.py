@@ -12,8 +12,8 @@ when they are device arrays; outputs come back as NumPy arrays, or stay on the d
 
 numba-cuda is in maintenance mode, so everything this backend asks of it sits here and in the
 generated module: ``device_api`` (availability), ``to_device``, ``device_array``,
-``copy_to_host``/``copy_to_device``, ``as_cuda_array``, and the kernel surface listed in
-cuda_codegen.py.
+``copy_to_host``/``copy_to_device``, ``as_cuda_array``, ``pinned_array`` (host buffers of
+all-reduces, cuda_step.py), and the kernel surface listed in cuda_codegen.py.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import distributed
 from ..atomic import held_signals
 from ..errors import GraphcError, InputError, fmt_site
 from ..ir import Node, _ParamStore
@@ -188,7 +189,10 @@ class CudaProgram:
             self.errors.copy_to_device(np.zeros(2, np.int64))
             n = self.writer.checks[j - 1]
             bound = resolve((n.op.extra["index_bound"](n),), env)[0]
-            raise GraphcError(f"{n.op.name} ({fmt_site(n.site)}): index {value} is out of range [0, {bound})") from None
+            msg = f"{n.op.name} ({fmt_site(n.site)}): index {value} is out of range [0, {bound})"
+            if self.writer.hosts and distributed.size() > 1:  # the other ranks would wait for this one's all-reduces
+                distributed.abort(msg)
+            raise GraphcError(msg) from None
         for p, _ in self.program.updates:
             p._param.updated()
         return [self._output(how, o, r, env) for (how, o), r in zip(self.writer.outputs, res)]

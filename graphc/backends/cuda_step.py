@@ -9,17 +9,26 @@ the body's placeholders bound to flat device buffers: each carry to one of two b
 swap after every step (the body writes the next carry into the other one), each x to the
 step's slice of its xs, each closure value to its buffer. A y is written straight into its
 slot of the stacked output. Inputs that are strided views are copied contiguous once, before
-the loop."""
+the loop.
+
+An ``allreduce`` (``graphc.distributed``) runs on the host: ``step`` copies its input from the
+device into a page-locked host buffer (``buffers`` makes one per all-reduce), starts the
+all-reduce there in place (``distributed.Pending``, an ``MPI_Iallreduce``) and goes on
+launching the kernels that do not need it; just before the first kernel that reads its result
+(or before the outputs and updates) it waits and copies the result into its device buffer. The
+memory plan keeps the input live until then; here it is on the host from the start. Inside a
+loop body it is refused."""
 from __future__ import annotations
 
 from collections import Counter
 
 from .. import __version__
+from ..errors import GraphcError, fmt_site
 from ..graph import toposort
 from ..ir import Node
 from ..passes.fusion import Kernel, base_of
 from ..program import Program
-from ..shapes import linear_form, size
+from ..shapes import fmt_shape, linear_form, size
 from . import cuda_math
 from .cuda_codegen import TPB, copy_code, kernel_code
 from .cuda_writer import KernelCode, _paren, dim, numel
@@ -81,6 +90,30 @@ def fill0(n, o):
 def copy(n, src, dst):
     for t in range(cuda.grid(1), n, cuda.gridsize(1)):
         dst[t] = src[t]
+'''
+
+COLLECTIVES = '''\
+from graphc import distributed  # all-reduces across the ranks of an MPI job (mpi4py), run on the host
+
+
+def host_buffer(n, dtype):
+    """n elements of page-locked host memory (fast copies to and from the device)."""
+    return cuda.pinned_array(max(n, 1), dtype)[:n]
+
+
+def allreduce_start(src, host, op):
+    """Copy the all-reduce's input (flat, on the device) to the host once the kernels before it
+    are done, and start the all-reduce there, in place; the step goes on launching kernels."""
+    if host.size:
+        src[:host.size].copy_to_host(host)
+    return distributed.Pending(host, host, op)
+
+
+def allreduce_wait(pending, host, dst):
+    """Complete an all-reduce and copy its result into its buffer (flat, on the device)."""
+    pending.wait()
+    if host.size:
+        dst[:host.size].copy_to_device(host)
 '''
 
 
@@ -204,7 +237,10 @@ class StepWriter:
         run = Source()
         run.depth = 1
         self.check_at = 0
+        self.hosts: list[tuple] = []  # (name, size, dtype, note): host buffers of the all-reduces
+        self.pending: dict[int, tuple] = {}  # all-reduces started, not yet waited for: node id -> (kernel, dst)
         self.program(prog, None, self.names, run)
+        self.wait_for(set(self.pending), run, "read by the outputs or updates")
         if self.checks:  # right after the last kernel that checks an index: no param has changed yet
             stop = Source()
             stop.depth = 1
@@ -230,6 +266,7 @@ class StepWriter:
         self.ws_dtypes = sorted({dt.name for _, dt in self.slots})
         math = ", ".join(n for n in cuda_math.__all__ if n[0] == "g")
         text = [HEADER.format(version=__version__, math=math, cache=not cuda_math.SIMULATOR, tpb=TPB)]
+        text += [COLLECTIVES] if self.hosts else []
         text += [c.source for c in self.codes]
         text += [self.buffers(), self.step(run, gathers, update_codes)]
         return "\n\n".join(text)
@@ -245,7 +282,14 @@ class StepWriter:
             if path is None:
                 self.root = k.index
             checks = len(self.checks)
-            if k.kind == "scan":
+            if path is None:
+                self.wait_for({base_of(v)[0].id for v in k.inputs}, s, f"read by kernel {k.index}")
+            if k.kind == "allreduce":
+                if path is not None:
+                    raise GraphcError(f"allreduce inside a loop body ({fmt_site(k.nodes[0].site)}) is not supported "
+                                      "on target='cuda': all-reduce the scan's results instead")
+                self.allreduce(k, at, names, s)
+            elif k.kind == "scan":
                 self.scan(k, prog, at, names, s, where)
             else:
                 skip = {o.id for o in k.outputs if o.op.kind == "matmul" and o.id not in read_later}
@@ -256,6 +300,31 @@ class StepWriter:
                 s(self.call(code, [names[w.id] for w in code.writes], names))
             if path is None and len(self.checks) > checks:
                 self.check_at = len(s.lines)
+
+    def allreduce(self, k: Kernel, at: str, names: dict, s: Source) -> None:
+        """Start an all-reduce (see the module's docstring); ``wait_for`` completes it."""
+        n = k.nodes[0]
+        v = n.inputs[0]
+        s(f"# kernel {k.index}: all-reduce {n.attrs['op']} of {fmt_shape(n.shape)} {n.dtype.name} across ranks "
+          f"({comment(fmt_site(n.site))}): to the host, started there")
+        b = base_of(v)[0]
+        if _contiguous(v) and b.id in names:
+            src = names[b.id]
+        else:  # a strided view (or a constant): one contiguous copy on the device first
+            src = self.aux(f"a{at}_in", v.shape, v.dtype, f"kernel {at}: the all-reduce's input, contiguous")
+            self.fill(v, src, names, s, f"{at}_in", "the all-reduce's input, copied contiguous")
+        host = f"h{at}"
+        self.hosts.append((host, numel(n.shape), n.dtype, f"host copy of all-reduce kernel {at}"))
+        s(f'r{at} = allreduce_start({src}, {host}, "{n.attrs["op"]}")')
+        self.pending[n.id] = (at, names[n.id])
+
+    def wait_for(self, reads: set, s: Source, why: str) -> None:
+        """Waits for the started all-reduces whose results the next launch reads (``reads``: ids
+        of the buffers it reads), each result copied into its device buffer."""
+        for nid, (at, dst) in list(self.pending.items()):
+            if nid in reads:
+                del self.pending[nid]
+                s(f"allreduce_wait(r{at}, h{at}, {dst})  # the result of all-reduce kernel {at}, {why}")
 
     def add(self, code: KernelCode) -> KernelCode:
         self.codes.append(code)
@@ -373,7 +442,8 @@ class StepWriter:
         s = Source()
         args = [f"W_{d}" for d in self.ws_dtypes] + [f"d_{_ident(d)}" for d in self.dims]
         with s.block(f"def buffers({', '.join(args)}):"):
-            s('"""Workspace slots of the memory plan (buffers of disjoint lifetimes share one)."""')
+            hosts = ", then host buffers of the all-reduces" if self.hosts else ""
+            s(f'"""Workspace slots of the memory plan (buffers of disjoint lifetimes share one){hosts}."""')
             slot_off, cursor = {}, {}
             for j, (sz, dt) in enumerate(self.slots):
                 start = cursor.get(dt.name, Counter())
@@ -383,6 +453,9 @@ class StepWriter:
             for name, slot, sz, note in self.entries:
                 off, dt = slot_off[slot], self.slots[slot][1]
                 s(f"{name} = W_{dt.name}[{_linear(off)}:{_linear(off + linear_form(sz))}]  # {comment(note)}")
+                names.append(name)
+            for name, n, dt, note in self.hosts:
+                s(f"{name} = host_buffer({n}, np.{dt.name})  # {note}")
                 names.append(name)
             s(f"return ({''.join(f'{x}, ' for x in names)})")
         self.buffer_names = names
