@@ -8,12 +8,6 @@ symbolically, and compile forward + backward + updates into one call.
 """
 from __future__ import annotations
 
-import os as _os
-
-# Shared machines: worker threads that spin while waiting steal the core a busy neighbour
-# needs, and a step then runs tens of times slower. Sleep instead (unless the user chose).
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 __version__ = "0.1.0"
 
 from . import distributed, init, nn, ops, optim
@@ -24,10 +18,11 @@ from .errors import CacheError, DTypeError, GraphcError, InputError, ShapeError
 from .function import Function, function
 from .graph import format, to_dot, to_networkx, toposort
 from .ir import Node, constant, input, param
+from .onnx_io import from_onnx, to_onnx
 from .ops import *  # noqa: F403 - the op functions are the public API
 
 __all__ = [
     "__version__", "grad", "check_grad", "save", "load", "function", "Function", "format", "to_dot", "to_networkx", "toposort",
     "Node", "constant", "input", "param", "ops", "init", "nn", "optim", "distributed",
-    "GraphcError", "ShapeError", "DTypeError", "InputError", "CacheError",
+    "GraphcError", "ShapeError", "DTypeError", "InputError", "CacheError", "to_onnx", "from_onnx",
 ] + ops.__all__

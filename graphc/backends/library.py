@@ -116,6 +116,8 @@ def _compile(key: str, source: str) -> tuple[int, bytes, str, list[str]]:
     from numba import types
 
     native.blas()  # the symbols kernels call must exist before Numba links them
+    if "prange(" in source:  # compiling a parallel kernel loads Numba's threading layer: ours, passive
+        native.start_threads()
     py = kernel_dir() / f"k_{key}.py"
     text = HEADER + "\n\n" + named(source, key)
     if not py.exists() or py.read_text() != text:

@@ -18,6 +18,8 @@ import glob
 import importlib.util
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import llvmlite.binding as ll
 import numpy as np
@@ -106,18 +108,51 @@ def blas() -> ctypes.CDLL:
             prefix = "scipy_" if hasattr(lib, "scipy_cblas_sgemm") else ""
             for ours, theirs in BLAS_SYMBOLS.items():
                 ll.add_symbol(ours, ctypes.cast(getattr(lib, prefix + theirs), ctypes.c_void_p).value)
-            threads = getattr(lib, prefix + "openblas_set_num_threads", None)
-            _state["blas_threads"] = threads
+            _state["blas_threads"] = getattr(lib, prefix + "openblas_set_num_threads", None)
+            _state["blas_get_threads"] = getattr(lib, prefix + "openblas_get_num_threads", None)
             _state["blas"] = lib
         return _state["blas"]
 
 
-def set_blas_threads(n: int) -> None:
-    """Threads of the OpenBLAS that kernels call (only SciPy and graphc use that copy)."""
+def set_blas_threads(n: int) -> int | None:
+    """Set the threads of the OpenBLAS that kernels call (SciPy's copy, which SciPy uses too);
+    return the count it had, for the caller to restore after the step."""
     blas()
-    if _state.get("blas_threads_now") != n and _state["blas_threads"] is not None:
-        _state["blas_threads"](ctypes.c_int(n))
-        _state["blas_threads_now"] = n
+    get, set_ = _state["blas_get_threads"], _state["blas_threads"]
+    if get is None or set_ is None:
+        return None
+    before = int(get())
+    if before != n:
+        set_(ctypes.c_int(n))
+    return before
+
+
+@contextmanager
+def passive_wait() -> Iterator[None]:
+    """OMP_WAIT_POLICY=PASSIVE while an OpenMP runtime starts (it reads its environment once,
+    when it loads), unless the user chose a policy; os.environ is left as it was. Spinning
+    worker threads steal the core a busy neighbour needs: a step then runs tens of times slower.
+    Set only here, the policy reaches graphc's own pool and no other library's (torch's)."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        yield
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+
+
+def start_threads() -> None:
+    """Start Numba's thread pool (its OpenMP runtime) with the passive wait policy. Everything
+    in graphc that may start it (running or compiling parallel kernels, the thread governor)
+    calls this first."""
+    with _lock:
+        if not _state.get("threads"):
+            from numba.np.ufunc.parallel import _launch_threads
+            with passive_wait():
+                _launch_threads()
+            _state["threads"] = True
 
 
 def _numba_runtime() -> None:
@@ -126,9 +161,8 @@ def _numba_runtime() -> None:
         if not _state.get("numba"):
             from numba.core.registry import cpu_target
             from numba.core.runtime import nrt
-            from numba.np.ufunc.parallel import _launch_threads
             nrt.rtsys.initialize(cpu_target.target_context)  # NRT's and Numba's helper symbols
-            _launch_threads()  # the thread pool's
+            start_threads()  # the thread pool's
             _state["numba"] = True
 
 

@@ -12,7 +12,7 @@ import os
 from collections import deque
 from statistics import median
 
-from .native import set_blas_threads
+from .native import set_blas_threads, start_threads
 
 SLOW = 3.0          # a step this many times slower than the best seen is a warning sign
 PROBE_STEPS = 3     # steps run with the other thread count per probe
@@ -42,21 +42,27 @@ class Governor:
         self.calls, self.interval, self.next_probe = 0, FIRST_PROBE, FIRST_PROBE
         self.probing, self.probe_from, self.slow, self.switches = 0, self.max, 0, 0
         self._numba_prev: int | None = None
+        self._blas_prev: int | None = None
 
     def before(self) -> None:
         self.calls += 1
         if not self.fixed and not self.probing and self.calls >= self.next_probe:
             self.probe_from, self.probing = self.mode, PROBE_STEPS
             self.mode = 1 if self.mode == self.max else self.max
-        if self.blas:
-            set_blas_threads(self.mode)
+        if self.blas:  # SciPy's OpenBLAS: its thread count is restored after the step
+            before = set_blas_threads(self.mode)
+            self._blas_prev = before if before != self.mode else None
         if self.parallel and self.mode < _numba().config.NUMBA_NUM_THREADS:
             numba = _numba()
+            start_threads()
             # numba's thread count is OpenMP's, which other libraries (torch) share: restore it
             self._numba_prev = numba.get_num_threads()
             numba.set_num_threads(self.mode)
 
     def after(self, seconds: float) -> None:
+        if self._blas_prev is not None:
+            set_blas_threads(self._blas_prev)
+            self._blas_prev = None
         if self._numba_prev is not None:
             _numba().set_num_threads(self._numba_prev)
             self._numba_prev = None
