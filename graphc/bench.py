@@ -6,6 +6,10 @@ SciPy's BLAS on 2048x2048) and memory bandwidth (copying a 256 MB array, 128 MB 
 on one thread and on all of them). A workload's roofline bound is the least time this machine
 needs for one step: ``max(FLOPs / matmul peak, bytes / bandwidth)``, with the FLOPs and bytes
 that graphc counts for the step's fused kernels. An engine's "% of bound" says how close it gets.
+
+``graphc bench --ranks N`` instead runs benchmarks/distributed.py: graphc's step of a workload (W2 by
+default) on 1 rank and on N MPI ranks (mpiexec), each rank on 1/N of the batch, and prints the ms per
+step, the speedup and each rank's share of time in the gradient all-reduces.
 """
 from __future__ import annotations
 
@@ -237,9 +241,50 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return run_harness(argv, status, "benchmarks.compile")
 
 
+def cmd_ranks(args: argparse.Namespace) -> int:
+    """``graphc bench --ranks N``: graphc's step on 1 rank and on N MPI ranks (benchmarks/distributed.py)."""
+    n = args.ranks
+    if n < 2:
+        raise CliError(f"--ranks {n}: give at least 2 ranks (the 1-rank run is always there to compare with)", 2)
+    drop = [flag for flag, given in (("--compile", args.compile), ("--engines", args.engines), ("--load", args.load),
+                                     ("--target cuda", args.target != "cpu")) if given]
+    if drop:
+        raise CliError(f"--ranks times graphc's CPU step only: drop {', '.join(drop)}", 2)
+    if args.threads is not None and args.threads < 1:
+        raise CliError(f"--threads {args.threads}: give at least 1", 2)
+    _, W = _harness()
+    try:
+        D = importlib.import_module("benchmarks.distributed")
+    except Exception as e:  # a broken checkout
+        raise CliError(f"cannot import benchmarks/distributed.py from {ROOT}: {type(e).__name__}: {e}") from e
+    workloads = _names(args.workloads, list(W.WORKLOADS), "workload") or ["W2"]
+    if flat := [w for w in workloads if not hasattr(W.WORKLOADS[w], "batch")]:
+        batched = ", ".join(k for k, v in W.WORKLOADS.items() if hasattr(v, "batch"))
+        raise CliError(f"{', '.join(flat)} ha{'ve' if len(flat) > 1 else 's'} no batch to split across ranks; "
+                       f"choose from {batched}", 2)
+    if uneven := [f"{w}'s batch of {b}" for w in workloads if (b := W.get(w, args.quick).batch) % n]:
+        raise CliError(f"{', '.join(uneven)} does not split across {n} ranks: choose a number of ranks that divides it", 2)
+    if why := D.mpi_problem():
+        raise CliError(f"graphc bench --ranks {n} runs several MPI processes, but {why}")
+    out = Path(args.out).resolve() if args.out else ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    argv = ["--ranks", str(n), "--workloads", ",".join(workloads), "--no-model", "--no-reference",
+            "--json", str(out / "ranks.json")] + (["--quick"] if args.quick else [])
+    argv += [f"--{k}={v}" for k, v in (("repeat", args.repeat), ("threads", args.threads)) if v is not None]
+    if args.cache_dir:
+        os.environ["GRAPHC_CACHE_DIR"] = str(Path(args.cache_dir).resolve())  # the ranks' processes inherit it
+    with Status(f"timing {', '.join(workloads)} on 1 rank and on {n} ranks") as status:
+        rc = run_harness(argv, status, "benchmarks.distributed")
+    if rc:
+        raise CliError(f"the distributed benchmark stopped with exit status {rc}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import pictures
 
+    if args.ranks is not None:
+        return cmd_ranks(args)
     if args.compile:
         return cmd_compile(args)
     _, W = _harness()

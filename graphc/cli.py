@@ -2,6 +2,7 @@
 
     graphc bench [--workloads W1,W2] [--engines graphc,torch,jax,numpy] [--target cpu|cuda] [--quick]
     graphc bench --compile [--models mlp,cnn] [--quick]
+    graphc bench --ranks 2 [--workloads W2] [--quick]
     graphc inspect examples/mlp_digits.py:build [--target cpu] [--out DIR]
     graphc cache info|clear
     graphc demo [--target cpu] [--quick]
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                  epilog="examples:\n"
                  "  graphc bench --quick                           # every workload and engine, under a minute\n"
                  "  graphc bench --compile                         # compile latency of the examples vs JAX\n"
+                 "  graphc bench --ranks 2                         # W2 on 1 rank and on 2 MPI ranks: speedup\n"
                  "  graphc inspect examples/mlp_digits.py:build    # graphs, fusion and memory report\n"
                  "  graphc inspect examples/mlp_digits.py:build --target cpu --out graphs/   # + source, pictures\n"
                  "  graphc cache info\n"
@@ -241,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", action="store_true", help="instead: compile latency of the examples' models (cold, "
                    "warm in a new process, a repeat model) against JAX jit; see benchmarks/compile.py")
     b.add_argument("--models", help="with --compile: comma-separated, from mlp, cnn, tfm, rnn (default: all)")
+    b.add_argument("--ranks", type=int, metavar="N", help="instead: data-parallel training over MPI: graphc's step "
+                   "(default W2, target cpu) on 1 rank and on N ranks started by mpiexec, each rank on 1/N of the "
+                   "batch; ms/step, speedup, time in communication (needs mpi4py and mpiexec); see "
+                   "benchmarks/distributed.py")
     i = sub.add_parser("inspect", help="show a model's forward and gradient graphs, fusion and memory report, source",
                        description="Call FUNCTION (no arguments); it returns a graph: a node, a list/tuple/dict of "
                        "nodes, or a gc.Function. Shows the forward graph, the gradient graph of its scalar loss, "
