@@ -80,7 +80,7 @@ def import_engines(engines: list[str], threads: int | None) -> tuple[dict[str, s
     if threads == 1 and "jax" in engines and "jax" not in sys.modules:  # XLA reads its flags at import
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
-    # Baselines first: `import graphc` sets OMP_WAIT_POLICY=PASSIVE (if unset), which torch's OpenMP would read.
+    # Baselines first: graphc's OpenMP pool is passive, and torch's must not share its runtime (README: threads).
     mods = [m for m in ("numpy", "torch", "jax", "graphc") if any(_module(e) == m for e in engines)]
     missing, seconds = {}, {}
     for mod in mods:

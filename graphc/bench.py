@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .cli import ROOT, CliError
+from .cli import ROOT, CliError, results_dir
 from .progress import Status
 
 
@@ -164,10 +164,10 @@ def markdown(table: list[list[str]], limits: list[dict[str, Any]]) -> str:
 
 
 def _harness() -> tuple[Any, Any]:
-    """benchmarks.run and benchmarks.workloads from the source checkout."""
-    if not (ROOT / "benchmarks" / "run.py").is_file():
-        raise CliError(f"graphc bench needs the benchmarks/ folder of a graphc source checkout (not found under {ROOT}); "
-                       "install graphc from a clone with pip install -e .")
+    """benchmarks.run and benchmarks.workloads: the source checkout's, or the wheel's copies."""
+    if ROOT is None:
+        raise CliError("graphc bench needs the benchmark harness, which this installation lacks (neither a source "
+                       "checkout nor graphc/_bundled/benchmarks): reinstall graphc")
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     try:
@@ -185,19 +185,6 @@ def _names(given: str | None, known: Sequence[str], kind: str) -> list[str] | No
     return names
 
 
-def _env_as_started() -> dict[str, str]:
-    """os.environ, less the OMP_WAIT_POLICY that `import graphc` set: torch reads it when the
-    harness imports torch, which must run as it would without graphc (benchmarks/README.md)."""
-    env = dict(os.environ)
-    try:
-        start = Path("/proc/self/environ").read_bytes().split(b"\0")
-    except OSError:  # not Linux: keep it
-        return env
-    if not any(kv.startswith(b"OMP_WAIT_POLICY=") for kv in start):
-        env.pop("OMP_WAIT_POLICY", None)
-    return env
-
-
 def _relay(pipe: Any, stream: TextIO, status: Status, follow: bool) -> None:
     for line in iter(pipe.readline, ""):
         if follow and line.rstrip().endswith("..."):
@@ -208,7 +195,7 @@ def _relay(pipe: Any, stream: TextIO, status: Status, follow: bool) -> None:
 def run_harness(argv: list[str], status: Status, module: str = "benchmarks.run") -> int:
     """A benchmark module in a child process (its own interpreter, as `python -m benchmarks.run`),
     relaying its output line by line."""
-    env = _env_as_started() | {"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8",
+    env = dict(os.environ) | {"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8",
                                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", module, *argv], cwd=ROOT, env=env, text=True, encoding="utf-8",
                             errors="replace", stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1)
@@ -266,7 +253,7 @@ def cmd_ranks(args: argparse.Namespace) -> int:
         raise CliError(f"{', '.join(uneven)} does not split across {n} ranks: choose a number of ranks that divides it", 2)
     if why := D.mpi_problem():
         raise CliError(f"graphc bench --ranks {n} runs several MPI processes, but {why}")
-    out = Path(args.out).resolve() if args.out else ROOT / "benchmarks" / "results"
+    out = Path(args.out).resolve() if args.out else results_dir()
     out.mkdir(parents=True, exist_ok=True)
     argv = ["--ranks", str(n), "--workloads", ",".join(workloads), "--no-model", "--no-reference",
             "--json", str(out / "ranks.json")] + (["--quick"] if args.quick else [])
@@ -293,7 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.target == "cuda":
         from .backends.cuda import device_api
         device_api()  # a GraphcError that says what is missing
-    out = Path(args.out).resolve() if args.out else ROOT / "benchmarks" / "results"
+    out = Path(args.out).resolve() if args.out else results_dir()
     argv = ["--out", str(out), "--target", args.target] + (["--quick"] if args.quick else []) + (["--load"] if args.load else [])
     argv += [f"--{k}={v if isinstance(v, (int, str)) else ','.join(v)}" for k, v in
              (("workloads", workloads), ("engines", engines), ("repeat", args.repeat), ("threads", args.threads),

@@ -27,9 +27,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import _bundled
 from .progress import Status
 
-ROOT = Path(__file__).resolve().parents[1]  # a source checkout: benchmarks/ and examples/ live here
+ROOT = _bundled.root()  # the folder holding benchmarks/ and examples/: a source checkout, or the wheel's copies
+
+
+def results_dir() -> Path:
+    """Where `graphc bench` writes by default: benchmarks/results in a checkout, else ./graphc-results."""
+    return ROOT / "benchmarks" / "results" if ROOT is not None and _bundled.is_checkout(ROOT) else Path.cwd() / "graphc-results"
 PKG = str(Path(__file__).resolve().parent)
 
 
@@ -191,9 +197,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if ROOT is None:
+        raise CliError("graphc demo needs the examples, which this installation lacks (neither a source checkout nor "
+                       "graphc/_bundled/examples): reinstall graphc")
     path = ROOT / "examples" / "mlp_digits.py"
-    if not path.is_file():
-        raise CliError(f"graphc demo needs the examples/ folder of a graphc source checkout (not found under {ROOT})")
     try:
         mod = load_module(str(path))
     except CliError as e:
@@ -202,6 +209,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise
     argv = [f"--{k}={v}" for k, v in (("target", args.target), ("epochs", args.epochs), ("batch", args.batch),
                                        ("lr", args.lr)) if v is not None] + (["--quick"] if args.quick else [])
+    if not _bundled.is_checkout(ROOT):  # the plot goes here, not into the installed package
+        argv.append(f"--out={Path.cwd() / 'graphc-demo'}")
     with warnings.catch_warnings():  # the example shows its own progress
         _quiet_numba()
         mod.main(argv)
