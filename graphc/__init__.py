@@ -8,9 +8,8 @@ symbolically, and compile forward + backward + updates into one call.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from . import distributed, init, nn, ops, optim
+from ._version import __version__
 from .autodiff import grad
 from .check import check_grad
 from .checkpoint import load, save

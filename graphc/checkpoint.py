@@ -109,7 +109,7 @@ def save(path: str | os.PathLike, obj, metadata: Mapping[str, str] | None = None
     """Write every param of ``obj`` to ``path`` (safetensors), atomically."""
     from safetensors.numpy import save as st_save
 
-    from . import __version__
+    from ._version import __version__
     from .backends.diskcache import write_atomic
     params = named_params(obj)
     if not params:

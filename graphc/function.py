@@ -236,13 +236,13 @@ class Function:
     def _bind_agreed(self, args: tuple) -> tuple[dict, dict]:
         """A step with collectives: every rank checks its arguments and the ranks agree before
         any of them starts, so bad input on one rank raises on all, and nothing changes."""
-        from . import distributed
+        from . import mpi
         try:
             bound = self._bind(args)
         except Exception as e:
-            distributed.agree(e)
+            mpi.agree(e)
             raise
-        distributed.agree(None)
+        mpi.agree(None)
         return bound
 
     def __call__(self, *args: Any):

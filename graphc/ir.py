@@ -172,6 +172,13 @@ class _ParamStore:
         self.value = np.array(arr, copy=True, order="C")
 
 
+def clone(n: Node, inputs: tuple) -> Node:
+    """``n`` over new inputs, with the same provenance."""
+    m = Node(n.op, inputs, n.attrs, n.shape, n.dtype, name=n.name, site=n.site)
+    m.origin, m.adjoint_of, m._param = n.origin, n.adjoint_of, n._param
+    return m
+
+
 def _no_infer(*a, **k):  # sources are built directly, never through make()
     raise AssertionError
 

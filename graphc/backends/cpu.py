@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__, distributed
+from .. import mpi
+from .._version import __version__
 from ..errors import GraphcError
 from ..shapes import resolve
 from . import library, native
@@ -243,7 +244,7 @@ class CpuProgram:
         (sb, so), (db, do) = [(self.labels[base_label(b)], evaluate(off, env)) for b, off in (m["src"], m["dst"])]
 
         def start(B, pending):
-            pending[j] = distributed.Pending(B[sb][so:so + n], B[db][do:do + n], m["op"])
+            pending[j] = mpi.Pending(B[sb][so:so + n], B[db][do:do + n], m["op"])
         return start
 
     def _flat_bases(self, pl: _Plan, args: list, outs: list) -> list:
@@ -316,8 +317,8 @@ class CpuProgram:
         op, site, bound = self.spec["checks"][j]
         n = evaluate(bound, self.fn._last_env or {})
         msg = f"{op} ({site}): index {value} is out of range [0, {n})"
-        if self.spec.get("collectives") and distributed.size() > 1:
-            distributed.abort(msg)
+        if self.spec.get("collectives") and mpi.size() > 1:
+            mpi.abort(msg)
         raise GraphcError(msg)
 
     def _source_outputs(self, args: list, env: dict) -> list:

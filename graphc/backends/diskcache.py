@@ -121,7 +121,7 @@ _FALLBACK: dict[str, Path] = {}
 @functools.cache
 def _versions() -> str:
     try:  # graphc/__init__.py may be absent or broken while graphc is developed
-        from graphc import __version__ as gv
+        from .._version import __version__ as gv
     except Exception:  # any failure means "no __version__ here"
         try:
             gv = importlib.metadata.version("graphc")

@@ -15,7 +15,7 @@ from math import prod
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import GraphcError, fmt_site
 from ..ir import Node
 from ..passes.fusion import base_of

@@ -564,7 +564,7 @@ def _default_names(outs: list[Node]) -> list[str]:
 
 
 def export(outputs, inputs, path, opset: int, output_names, optimize: bool) -> onnx.ModelProto:
-    from .. import __version__
+    from .._version import __version__
     outs = [outputs] if isinstance(outputs, Node) else list(outputs)
     ins = [inputs] if isinstance(inputs, Node) else list(inputs)
     for o in outs:

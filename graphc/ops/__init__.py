@@ -68,15 +68,15 @@ from .elementwise import (  # noqa: A004 - NumPy's names (abs, round)
     trunc,
     where,
 )
-from .index import one_hot, pick, scatter_add, take, take_along_axis
+from .index import getitem, one_hot, pick, scatter_add, take, take_along_axis
 from .linalg import matmul
 from .nn import log_softmax, logsumexp, mse, softmax, softmax_cross_entropy
 from .pad import pad
 from .random import random_uniform
 from .rearrange import chunk, diagonal, flip, repeat, roll, split, stack, tile, tril, triu
-from .reduce import all, any, argmax, argmin, max, mean, min, prod, std, sum, sum_to, var
+from .reduce import all, any, argmax, argmin, max, mean, min, prod, std, sum, var
 from .scan import scan
-from .shape import broadcast_to, concatenate, expand_dims, getitem, reshape, squeeze, swapaxes, transpose
+from .shape import broadcast_to, concatenate, expand_dims, reshape, squeeze, sum_to, swapaxes, transpose
 from .sort import argsort, sort, topk
 
 __all__ = [  # sorted; one line per initial letter

@@ -13,7 +13,6 @@ from ..shapes import norm_axes
 from . import elementwise as ew
 from . import shape as sh
 from .arange import iota
-from .reduce import sum
 
 COMBINE = {"add": ("({0} + {1})", 0), "mul": ("({0} * {1})", 1), "logaddexp": ("glogaddexp({0}, {1})", -np.inf)}
 
@@ -71,7 +70,9 @@ def _grad(g: Node, n: Node):
     else:  # logaddexp: d y_j / d x_i = exp(x_i - y_j), masked in the exponent (no inf * 0 anywhere)
         yl = _last(n, axis)
         part = ew.exp(ew.where(feeds, sh.expand_dims(xl, -1) - sh.expand_dims(yl, -2), -np.inf))
-    return [_back(sum(ew.where(feeds, part * sh.expand_dims(gl, -2), 0), axis=-1), axis)]
+    terms = ew.where(feeds, part * sh.expand_dims(gl, -2), 0)
+    # summed over the last axis with the primitive (reduce.py builds prod's gradient on this module)
+    return [_back(make("sum", (terms,), axes=(terms.ndim - 1,), keepdims=False), axis)]
 
 
 defop("cumulative", "scan", _infer, _ref, _grad, doc="running combine (add, mul, logaddexp) along an axis",

@@ -27,9 +27,10 @@ from ..errors import ShapeError
 from ..ir import Node, as_node
 from ..shapes import fmt_shape, size
 from .elementwise import cast
+from .index import getitem
 from .linalg import matmul
 from .reduce import sum
-from .shape import getitem, reshape, transpose
+from .shape import reshape, transpose
 
 _LETTERS = frozenset(string.ascii_letters)
 

@@ -144,8 +144,42 @@ def exp(x) -> Node:
 
 
 def log(x) -> Node:
-    """Natural logarithm, elementwise."""
-    return ew("log", x)
+    """Natural logarithm, elementwise; of a softmax, sigmoid or 1 + x, built in its stable form
+    (``stable_log``), so the graph and its gradient stay finite at any input."""
+    x = as_node(x)
+    stable = stable_log(x)
+    return ew("log", x) if stable is None else stable
+
+
+def _is_const(n: Node, value) -> bool:
+    return n.op.name == "constant" and bool(np.all(n.attrs["value"] == value))
+
+
+def _fit(x: Node, like: Node) -> Node:
+    """``x`` cast and broadcast to the dtype and shape of ``like``."""
+    from .shape import broadcast_to
+    x = cast(x, like.dtype)
+    return broadcast_to(x, like.shape) if x.shape != like.shape else x
+
+
+def stable_log(a: Node) -> Node | None:
+    """log(a) without overflow or underflow when ``a`` is a softmax (log(exp(z) / s) = z - log(s)),
+    a sigmoid (-softplus(-x)), 1 - sigmoid (-softplus(x)), 1 + x (log1p) or exp(x) (x); None
+    otherwise. ``log`` applies it as the graph is built; the stability pass, to rewritten graphs."""
+    if a.op.name == "exp":
+        return a.inputs[0]
+    if a.op.name == "sigmoid":
+        return -softplus(-a.inputs[0])
+    if a.op.name == "sub" and _is_const(a.inputs[0], 1) and a.inputs[1].op.name == "sigmoid":
+        return _fit(-softplus(a.inputs[1].inputs[0]), a)
+    if a.op.name == "add":
+        for one, x in (a.inputs, a.inputs[::-1]):
+            if _is_const(one, 1) and x.shape == a.shape:
+                return log1p(x)
+    if a.op.name == "div" and a.inputs[0].op.name == "exp":  # softmax, where exp(z) may underflow to 0
+        num, den = a.inputs
+        return _fit(num.inputs[0] - log(den), a)
+    return None
 
 
 def log1p(x) -> Node:

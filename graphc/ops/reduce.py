@@ -1,4 +1,4 @@
-"""Reductions: sum and max primitives; mean, min, sum_to as composites."""
+"""Reductions: sum and max primitives; mean, var, argmax and the like as composites."""
 from __future__ import annotations
 
 from math import prod as _prod
@@ -113,15 +113,6 @@ def mean(x, axis=None, keepdims: bool = False) -> Node:
     dims = tuple(x.shape[a] for a in axes)
     n = size(dims) if is_concrete(dims) else make("count", (), dims=dims, dtype=x.dtype)
     return sum(x, axes, keepdims) / n
-
-
-def sum_to(x: Node, shape: tuple) -> Node:
-    """Sum a broadcast result back to ``shape`` (the adjoint of broadcasting)."""
-    if x.shape == tuple(shape):
-        return x
-    lead = x.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(i + lead for i, d in enumerate(shape) if d == 1 and x.shape[i + lead] != 1)
-    return sh.reshape(sum(x, axes, keepdims=True), shape) if axes else sh.reshape(x, shape)
 
 
 def _arg(x, axis, keepdims: bool, best) -> Node:

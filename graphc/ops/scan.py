@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DTypeError, GraphcError, ShapeError, fmt_site, user_site
-from ..ir import OPS, Node, as_node, defop, make
+from ..ir import OPS, Node, as_node, clone, defop, make
 from ..shapes import check_dim, fmt_shape
 
 
@@ -95,7 +95,6 @@ def substitute(roots: list[Node], subst: dict[int, Node]) -> list[Node]:
     """``roots`` with the nodes in ``subst`` (by id) replaced; only what the roots need through
     unreplaced nodes is rebuilt."""
     from ..graph import toposort
-    from ..passes.rewrite import clone
     need, stack = set(), list(roots)
     while stack:
         n = stack.pop()

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DTypeError, GraphcError, ShapeError
+from ..errors import DTypeError, ShapeError
 from ..ir import Node, as_node, defop, make
-from ..shapes import broadcast, check_dim, fmt_shape, infer_reshape, norm_axes, size
+from ..shapes import broadcast, check_dim, fmt_shape, infer_reshape, norm_axes
 
 
 def _np_slice(index):
@@ -57,7 +57,7 @@ defop("reshape", "shape", lambda x, shape: (infer_reshape(x.shape, shape), x.dty
 defop("transpose", "shape", lambda x, axes: (tuple(x.shape[a] for a in axes), x.dtype),
       np.transpose, lambda g, n: [transpose(g, tuple(np.argsort(n.attrs["axes"])))])
 defop("broadcast_to", "shape", _infer_broadcast_to, np.broadcast_to,
-      lambda g, n: [_sum_to(g, n.inputs[0].shape)])
+      lambda g, n: [sum_to(g, n.inputs[0].shape)])
 defop("concatenate", "shape", _infer_concat, lambda *xs, axis: np.concatenate(xs, axis), _grad_concat)
 defop("slice", "shape", lambda x, index: (_slice_shape(x.shape, index), x.dtype),
       lambda x, index: x[_np_slice(index)],
@@ -66,9 +66,15 @@ defop("unslice", "shape", lambda g, index, shape: (tuple(shape), g.dtype), _unsl
       lambda g, n: [make("slice", (g,), index=n.attrs["index"])], doc="zeros with g written at index")
 
 
-def _sum_to(g, shape):
-    from .reduce import sum_to
-    return sum_to(g, shape)
+def sum_to(x: Node, shape: tuple) -> Node:
+    """Sum a broadcast result back to ``shape`` (the adjoint of broadcasting)."""
+    if x.shape == tuple(shape):
+        return x
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, d in enumerate(shape) if d == 1 and x.shape[i + lead] != 1)
+    if not axes:
+        return reshape(x, shape)
+    return reshape(make("sum", (x,), axes=axes, keepdims=True), shape)  # (the primitive: reduce.py builds on this module)
 
 
 def reshape(x, shape) -> Node:
@@ -144,88 +150,3 @@ def slice_axis(x: Node, axis: int, start: int, stop: int, step: int = 1) -> Node
     return make("slice", (x,), index=tuple(index))
 
 
-def _is_array(k) -> bool:
-    return isinstance(k, (Node, np.ndarray, list))
-
-
-def getitem(x: Node, key) -> Node:
-    """NumPy indexing: ints, slices, None and ...; integer arrays or nodes gather, with NumPy's rules
-    for where their (broadcast) axes go. One array is one ``take``; several index a view of their
-    axes as one, by a flat index, so the gradient is one ``scatter_add``.
-
-    >>> x[i, :, j]   # i, j broadcast to (n,): out[k, :] = x[i[k], :, j[k]]
-    """
-    from .index import index_coordinate, take
-    key = key if isinstance(key, tuple) else (key,)
-    if sum(1 for k in key if k is Ellipsis) > 1:
-        raise GraphcError("an index can only have a single ellipsis")
-    n_axes = sum(1 for k in key if k is not None and k is not Ellipsis)
-    if n_axes > x.ndim:
-        raise ShapeError(f"too many indices for {x.ndim}-d {fmt_shape(x.shape)}")
-    i = next((j for j, k in enumerate(key) if k is Ellipsis), None)  # `in` would compare arrays and nodes with ==
-    if i is not None:
-        key = key[:i] + (slice(None),) * (x.ndim - n_axes) + key[i + 1:]
-    else:
-        key = key + (slice(None),) * (x.ndim - n_axes)
-    index, out_shape, axis, arrays = [], [], 0, []
-    for k in key:
-        if k is None:
-            out_shape.append(1)
-            continue
-        d = x.shape[axis]
-        if _is_array(k):
-            arrays.append((len(out_shape), k, axis))  # (its axis in the sliced view, the index, its axis in x)
-            index.append(None)
-            out_shape.append(d)
-        elif isinstance(k, slice) and k == slice(None):
-            index.append(None)
-            out_shape.append(d)
-        elif not isinstance(d, int):
-            raise ShapeError(f"cannot index symbolic dim {d!r} with {k!r}; only ':' is allowed")
-        elif isinstance(k, slice):
-            t = k.indices(d)
-            if t[2] <= 0:
-                raise ShapeError("negative slice steps are not supported")
-            index.append(t)
-            out_shape.append(len(range(*t)))
-        elif isinstance(k, (int, np.integer)):
-            if not -d <= k < d:
-                raise ShapeError(f"index {k} is out of range for axis {axis} of size {d}")
-            index.append((int(k) % d, int(k) % d + 1, 1))
-        else:
-            raise GraphcError(f"unsupported index {k!r}")
-        axis += 1
-    y = x if all(t is None for t in index) else make("slice", (x,), index=tuple(index))
-    y = reshape(y, tuple(out_shape))
-    if not arrays:
-        return y
-    # A slice or None between the integer (array or int) indices sends the indices' axes first.
-    adv = [j for j, k in enumerate(key) if _is_array(k) or isinstance(k, (int, np.integer))]
-    apart = adv[-1] - adv[0] + 1 != len(adv)
-    coords = [index_coordinate(k, y.shape[p], "getitem", ax) for p, k, ax in arrays]
-    if len(arrays) > 1:
-        return _gather_arrays(y, [p for p, _, _ in arrays], coords, apart)
-    (p, _, _), (idx, _) = arrays[0], coords[0]
-    y = take(y, idx, p)  # numpy: a single array index replaces its axis by the index's shape
-    if apart:
-        nd = idx.ndim
-        y = transpose(y, tuple(range(p, p + nd)) + tuple(a for a in range(y.ndim) if not p <= a < p + nd))
-    return y
-
-
-def _gather_arrays(y: Node, axes: list, coords: list, apart: bool) -> Node:
-    """``y`` indexed by several integer arrays on ``axes``: their axes, moved next to each other (to the
-    front when ``apart``), are viewed as one and gathered by one flat index of the broadcast indices."""
-    from .index import flat_index, take
-    try:
-        broadcast(*(c.shape for c, _ in coords))
-    except ShapeError:
-        raise ShapeError("getitem: index arrays of shapes " + ", ".join(fmt_shape(c.shape) for c, _ in coords)
-                         + " do not broadcast together") from None
-    q = 0 if apart else axes[0]
-    rest = [a for a in range(y.ndim) if a not in axes]
-    y = transpose(y, rest[:q] + axes + rest[q:])
-    dims = y.shape[q:q + len(axes)]
-    y = reshape(y, y.shape[:q] + (size(dims),) + y.shape[q + len(axes):])
-    flat = flat_index([c for c, _ in coords], dims, [k for k, (_, check) in enumerate(coords) if check])
-    return take(y, flat, q)

@@ -48,7 +48,7 @@ def sort(x, axis: int = -1, descending: bool = False) -> tuple[Node, Node]:
 
 def topk(x, k: int, axis: int = -1, largest: bool = True) -> tuple[Node, Node]:
     """(values, indices) of the ``k`` largest (or smallest) along ``axis``, sorted, as torch.topk."""
-    from .shape import getitem
+    from .index import getitem
     x = as_node(x)
     axis = norm_axes(axis, x.ndim)[0]
     n = x.shape[axis]

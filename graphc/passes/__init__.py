@@ -34,12 +34,6 @@ PIPELINE = [
 ]
 
 
-def stabilize(roots: list[Node]) -> list[Node]:
-    """Only the numerical-stability rewrites; ``grad`` differentiates their result, so the
-    backward pass is as finite as the forward."""
-    return rewrite(roots, [stability, fold_constants])[0]
-
-
 def optimize(roots: list[Node], max_rounds: int = 8) -> tuple[list[Node], list[PassStat]]:
     """Run the pipeline to a fixed point. Returns the new roots and per-pass statistics."""
     stats: dict[str, PassStat] = {}

@@ -4,16 +4,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..graph import toposort
-from ..ir import Node, replacing
+from ..ir import Node, clone, replacing
 
 Rule = Callable[[Node], "Node | None"]
-
-
-def clone(n: Node, inputs: tuple) -> Node:
-    """``n`` over new inputs, with the same provenance."""
-    m = Node(n.op, inputs, n.attrs, n.shape, n.dtype, name=n.name, site=n.site)
-    m.origin, m.adjoint_of, m._param = n.origin, n.adjoint_of, n._param
-    return m
 
 
 def rewrite(roots: list[Node], rules: list[Rule]) -> tuple[list[Node], int]:

@@ -4,9 +4,8 @@ needed, and xs or closure values the remaining body does not use."""
 from __future__ import annotations
 
 from ..graph import toposort
-from ..ir import OPS, Node
+from ..ir import OPS, Node, clone
 from ..ops.scan import Body
-from .rewrite import clone
 
 
 def _rebuild(order: list[Node], roots: list[Node], new: dict) -> list[Node]:

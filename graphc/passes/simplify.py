@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import ops
 from ..ir import Node, constant, make
+from ..ops.elementwise import stable_log
 from ..shapes import is_concrete
 
 FOLD_LIMIT = 1 << 16  # larger constants stay computed, not stored in the program
@@ -174,23 +175,7 @@ def _sum_of_one_hot(n: Node) -> Node | None:
 
 
 def stability(n: Node) -> Node | None:
-    """Rewrites that keep values finite: log(softmax) -> log_softmax, log(sigmoid) ->
-    -softplus(-x), log(1+x) -> log1p(x), log(exp(x)) -> x."""
-    if n.op.name != "log":
-        return None
-    a = n.inputs[0]
-    if a.op.name == "exp":
-        return a.inputs[0]
-    if a.op.name == "sigmoid":
-        return -ops.softplus(-a.inputs[0])
-    if a.op.name == "sub" and _const(a.inputs[0], 1) and a.inputs[1].op.name == "sigmoid":
-        return _fit(-ops.softplus(a.inputs[1].inputs[0]), n)  # log(1 - sigmoid(x))
-    if a.op.name == "add":
-        for one, x in (a.inputs, a.inputs[::-1]):
-            if _const(one, 1) and x.shape == a.shape:
-                return ops.log1p(x)
-    if a.op.name == "div" and a.inputs[0].op.name == "exp":
-        # log(exp(z) / s) = z - log(s): the softmax case, where exp(z) may underflow to 0
-        num, den = a.inputs
-        return _fit(num.inputs[0] - ops.log(den), n)
-    return None
+    """Rewrites that keep values finite (log(softmax) -> log_softmax, log(sigmoid) ->
+    -softplus(-x), log(1+x) -> log1p(x), log(exp(x)) -> x) where other rewrites made them
+    possible; ``gc.log`` applies the same rules as the graph is built."""
+    return stable_log(n.inputs[0]) if n.op.name == "log" else None

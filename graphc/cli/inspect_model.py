@@ -3,7 +3,9 @@ gradient graph of its scalar loss, the report of a compiled SGD step, the genera
 and (``--out``) DOT files and pictures with the fused kernels as clusters."""
 from __future__ import annotations
 
+import argparse
 import os
+import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, is_dataclass
@@ -11,11 +13,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .autodiff import grad
-from .errors import GraphcError
-from .function import Function, function
-from .graph import _type, format, namer, toposort
-from .ir import Node
+from ..autodiff import grad
+from ..errors import GraphcError
+from ..function import Function, function
+from ..graph import _type, format, namer, toposort
+from ..ir import Node
+from ..progress import Status
+from .common import CliError, _one_line, _quiet_numba, find_function, load_module
 
 # Built from code of its own so the update ops' source line reads "<sgd update>:1" in reports.
 _SGD = compile("updates = [(p, p - lr * g) for p, g in zip(params, grads)]", "<sgd update>", "exec")
@@ -51,7 +55,6 @@ def collect(value: Any) -> tuple[list[tuple[str | None, Node]], list[Function]]:
 
 
 def parse_dims(given: list[str] | None) -> dict[str, int]:
-    from .cli import CliError
 
     dims = {}
     for item in ",".join(given or []).split(","):
@@ -132,7 +135,6 @@ def show(value: Any, spec: str, target: str | None, lr: float, dims: dict[str, i
     p = plan(value, spec, target, lr)
     syms = {d for n in toposort(p.forward + p.grads) if n.op.name == "input" for d in n.shape if isinstance(d, str)}
     if bad := sorted(set(dims) - syms):
-        from .cli import CliError
         known = ", ".join(sorted(syms)) or "none"
         raise CliError(f"--dims: the graph has no dim {', '.join(bad)}; its symbolic dims: {known}", 2)
     names = namer(toposort(p.forward))
@@ -163,7 +165,7 @@ def show(value: Any, spec: str, target: str | None, lr: float, dims: dict[str, i
         print(f"none: target={fn.target!r} runs each kernel op by op with NumPy; run with --target cpu to see "
               "the generated Numba module")
     if out:
-        from .pictures import write_step_pictures
+        from ..pictures import write_step_pictures
         _heading(f"pictures in {out}")
         with status("drawing the graphs"):
             written = write_step_pictures(fn, out, fmt, renderer)
@@ -180,3 +182,23 @@ def _rel(p: Path) -> str:
     except ValueError:  # another drive (Windows)
         return str(p)
     return str(p) if rel.startswith("..") else rel
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    mod_spec, sep, fn_name = args.function.rpartition(":")
+    if not sep or not mod_spec or not fn_name:
+        raise CliError(f"expected MODULE:FUNCTION, e.g. examples/mlp_digits.py:build, got {args.function!r}", 2)
+    dims = parse_dims(args.dims)
+    with Status(f"importing {mod_spec}"):
+        fn = find_function(load_module(mod_spec), mod_spec, fn_name)
+    with Status(f"calling {fn_name}()"):
+        try:
+            value = fn()
+        except Exception as e:  # the user's code: one line, where
+            raise CliError(f"{args.function} raised {_one_line(e)}") from e
+        except SystemExit as e:  # e.g. a main() that parses the command line
+            raise CliError(f"{args.function} exited (status {e.code}) instead of returning a graph") from e
+    with warnings.catch_warnings():
+        _quiet_numba()
+        show(value, args.function, args.target, args.lr, dims, args.out, args.format, args.renderer, Status)
+    return 0

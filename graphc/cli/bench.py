@@ -28,8 +28,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .cli import ROOT, CliError, results_dir
-from .progress import Status
+from ..progress import Status
+from .common import ROOT, CliError, results_dir
 
 
 def _best(fn: Callable[[], Any], reps: int) -> float:
@@ -268,7 +268,7 @@ def cmd_ranks(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import pictures
+    from .. import pictures
 
     if args.ranks is not None:
         return cmd_ranks(args)
@@ -278,7 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     workloads = _names(args.workloads, list(W.WORKLOADS), "workload")
     engines = _names(args.engines, list(W.ENGINES), "engine")
     if args.target == "cuda":
-        from .backends.cuda import device_api
+        from ..backends.cuda import device_api
         device_api()  # a GraphcError that says what is missing
     out = Path(args.out).resolve() if args.out else results_dir()
     argv = ["--out", str(out), "--target", args.target] + (["--quick"] if args.quick else []) + (["--load"] if args.load else [])

@@ -1,0 +1,4 @@
+"""python -m graphc.cli"""
+from . import main
+
+raise SystemExit(main())
