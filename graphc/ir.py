@@ -36,9 +36,25 @@ class Op:
     infer: Callable[..., tuple]            # (inputs, **attrs) -> (shape, dtype)
     ref: Callable[..., np.ndarray] | None  # NumPy reference: (*arrays, **attrs) -> array
     grad: Callable[..., list] | None       # (g, node) -> one adjoint (or None) per input
-    scalar: str | None = None              # elementwise: Python expression over {0}, {1}, ...
+    scalar: str | None = None              # elementwise: Python expression over {0}, {1}, ... and its attrs
     doc: str = ""
     extra: dict = field(default_factory=dict)
+
+    # What passes and backends need to know of an op, declared with it (``defop(..., view=True)``):
+    @property
+    def view(self) -> bool:
+        """A view of its input (reshape, transpose, broadcast, slice): strides, never a kernel."""
+        return bool(self.extra.get("view"))
+
+    @property
+    def unaligned(self) -> tuple:
+        """Operands it does not read at the output's own index (one_hot's index, pick's rows)."""
+        return self.extra.get("unaligned", ())
+
+    @property
+    def cost(self) -> int:
+        """Work per element, in simple arithmetic ops (transcendental functions count 10)."""
+        return self.extra.get("cost", 1)
 
 
 OPS: dict[str, Op] = {}

@@ -34,7 +34,7 @@ def _np_sce(logits, labels):
 NP = types.SimpleNamespace(
     exp=np.exp, log=np.log, log1p=np.log1p, tanh=np.tanh, sqrt=np.sqrt, abs=np.abs, square=np.square,
     sigmoid=lambda x: 1 / (1 + np.exp(-x)), softplus=lambda x: np.log(1 + np.exp(x)), relu=lambda x: np.maximum(x, 0),
-    maximum=np.maximum, minimum=np.minimum, where=np.where, cast=lambda x, dt: x.astype(dt), stop_gradient=lambda x: x,
+    maximum=np.maximum, minimum=np.minimum, arctan2=np.arctan2, where=np.where, cast=lambda x, dt: x.astype(dt), stop_gradient=lambda x: x,
     sum=np.sum, mean=np.mean, max=np.max, min=np.min,
     logsumexp=lambda x, axis=None, keepdims=False: np.log(np.sum(np.exp(x), axis=axis, keepdims=keepdims)),
     matmul=np.matmul, transpose=np.transpose, reshape=np.reshape, broadcast_to=np.broadcast_to,
@@ -147,6 +147,7 @@ CASES = [
     case("maximum", lambda m, a, b: m.maximum(a, b), S(3, 4), S(3, 4, off=0.75)),
     case("maximum_bcast", lambda m, a, b: m.maximum(a, b), S(3, 4), S(4, off=0.75)),
     case("minimum", lambda m, a, b: m.minimum(a, b), S(3, 4), S(3, 4, off=0.75)),
+    case("arctan2_bcast", lambda m, a, b: m.arctan2(a, b), N(3, 4), S(4, off=0.75)),
     case("minimum_bcast", lambda m, a, b: m.minimum(a, b), S(3, 1), S(1, 4, off=0.75)),
     case("where", lambda m, c, a, b: m.where(c, a, b), A(3, 4, kind="bool"), N(3, 4), N(3, 4)),
     case("where_bcast", lambda m, c, a, b: m.where(c, a, b), A(3, 1, kind="bool"), N(4), N(3, 4)),

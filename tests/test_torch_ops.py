@@ -89,6 +89,11 @@ def test_binary_ops_with_edge_cases(target):
     ties = np.array([1.0, 2.0, 2.0, -0.0, 0.0]), np.array([1.0, 1.0, 3.0, 0.0, -0.0])
     compare(gc.maximum, torch.maximum, list(ties), target)
     compare(gc.minimum, torch.minimum, list(ties), target)
+    # every quadrant, the axes, signed zeros and infinities (no gradient at the origin: 0/0 in both)
+    y = np.array([1.0, 1.0, -1.0, -1.0, 0.0, -0.0, 0.0, 2.0, np.inf, -3.0])
+    x = np.array([1.0, -1.0, -1.0, 1.0, -1.0, -1.0, 1.0, 0.0, 1.0, np.inf])
+    compare(gc.arctan2, torch.atan2, [y, x], target, grad=False)
+    compare(gc.arctan2, torch.atan2, [np.array([0.5, -2.0, 3.0]), np.array([-1.5, 0.25, 4.0])], target)
     base, expo = np.array([0.0, 0.0, 0.0, 2.0, 1.5]), np.array([0.0, 2.0, 3.5, 0.0, -1.0])
     compare(lambda x, y: x ** y, torch.pow, [base, expo], target)
 

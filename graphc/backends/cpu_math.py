@@ -48,7 +48,7 @@ from numba.extending import intrinsic, overload
 
 __all__ = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1", "gmax", "gmin", "grand", "grelu", "glogaddexp",
            "gsin", "gcos", "gtan", "gasin", "gacos", "gatan", "gsinh", "gcosh", "gasinh", "gacosh", "gatanh", "gerf", "gerfc",
-           "gexp2", "glog2", "glog10", "gfloor", "gceil", "gtrunc", "grint", "gsqrt", "gsign", "SOURCE_HASH"]
+           "gexp2", "glog2", "glog10", "gfloor", "gceil", "gtrunc", "grint", "gsqrt", "gsign", "gatan2", "SOURCE_HASH"]
 MATH = [n for n in __all__ if n.startswith("g")]  # what generated code imports
 
 SOURCE_HASH: str = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
@@ -316,6 +316,7 @@ grint = _ufunc(np.rint, "x rounded to the nearest integer, halves to even (np.ro
 gsqrt, gsign = _ufunc(np.sqrt, "sqrt(x)"), _ufunc(np.sign, "sign(x): -1, 0 or 1; NaN stays NaN")
 gerf = njit(**_PUBLIC)(lambda x: math.erf(x))
 gerfc = njit(**_PUBLIC)(lambda x: math.erfc(x))
+gatan2 = njit(**_PUBLIC)(lambda y, x: math.atan2(y, x))
 
 
 def _typed_stub(name: str, make):

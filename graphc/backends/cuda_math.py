@@ -82,6 +82,15 @@ def gsqrt(x):
     return _sqrt(x)
 
 
+_atan2 = _quiet(np.arctan2) if SIMULATOR else math.atan2
+
+
+@device
+def gatan2(y, x):
+    """atan2(y, x): the angle of the point (x, y)."""
+    return _atan2(y, x)
+
+
 @device
 def gmax(a, b):
     """np.maximum for scalars: NaN in either operand gives NaN."""
@@ -199,4 +208,4 @@ def device_name(template: str, dtype: np.dtype) -> str:
 
 __all__ = ["gexp", "glog", "glog1p", "gtanh", "gsqrt", "gmax", "gmin", "grand", "glogaddexp", "gsin", "gcos", "gtan", "gasin",
            "gacos", "gatan", "gsinh", "gcosh", "gasinh", "gacosh", "gatanh", "gerf", "gerfc", "gexpm1", "glog2", "glog10",
-           "device_name", "SIMULATOR", "SOURCE_HASH"] + [f"{n}_{d}" for n in _TYPED for d in DTYPES]
+           "gatan2", "device_name", "SIMULATOR", "SOURCE_HASH"] + [f"{n}_{d}" for n in _TYPED for d in DTYPES]

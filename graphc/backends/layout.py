@@ -16,7 +16,7 @@ from math import prod
 import numpy as np
 
 from ..ir import Node
-from ..passes.fusion import VIEWS, base_of
+from ..passes.fusion import base_of
 from ..program import Program
 from ..shapes import Form, form, form_mul, linear_form, size
 
@@ -159,7 +159,7 @@ class Layout:
         got = self._views.get(v.id)
         if got is not None:
             return got, False
-        if v.op.name not in VIEWS:
+        if not v.op.view:
             res, copied = self.buffer(v), False
         else:
             x, copied = self._view(v.inputs[0], scratch)

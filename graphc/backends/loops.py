@@ -267,10 +267,6 @@ class LoopWriter(KernelWriter):
         args = [self.read(n, i, val) for i in range(len(n.inputs))]
         if name == "one_hot":
             return f"np.{n.dtype.name}({self.checked(n, args[0])} == {self.at(self.r - 1)})"
-        if name == "cast":
-            return f"np.{n.dtype.name}({args[0]})"
-        if name == "stop_gradient":
-            return args[0]
         if name == "iota":  # the loop index itself
             return f"np.{n.dtype.name}({self.at(n.attrs['axis'] + self.r - n.ndim)})"
         if name == "random_uniform":  # hashed from the element's flat index
@@ -282,7 +278,7 @@ class LoopWriter(KernelWriter):
             salt = self.constant(n.attrs["salt"], np.dtype(np.int64))
             rnd = n.op.scalar.format(*args, salt=salt, flat=flat)
             return rnd if n.dtype == np.float32 else f"np.{n.dtype.name}({rnd})"
-        return n.op.scalar.format(*args)
+        return n.op.scalar.format(*args, **n.attrs)  # (cast's template names its dtype)
 
     # -- statements ----------------------------------------------------------------------
     def emit_node(self, n: Node, val: dict, acc_index: list[str] | None = None) -> None:

@@ -14,60 +14,8 @@ from .collective import allreduce
 from .conv import avg_pool2d, conv2d, conv_transpose2d, interpolate, max_pool2d, pad2d
 from .cumulative import cumprod, cumsum, logcumsumexp
 from .einsum import einsum
-from .elementwise import (  # noqa: A004 - NumPy's names (abs, round)
-    abs,
-    arccos,
-    arccosh,
-    arcsin,
-    arcsinh,
-    arctan,
-    arctanh,
-    cast,
-    ceil,
-    clip,
-    cos,
-    cosh,
-    elu,
-    erf,
-    erfc,
-    ew,
-    exp,
-    exp2,
-    expm1,
-    floor,
-    floor_divide,
-    gelu,
-    hardtanh,
-    leaky_relu,
-    log,
-    log1p,
-    log2,
-    log10,
-    logical_and,
-    logical_not,
-    logical_or,
-    maximum,
-    minimum,
-    reciprocal,
-    relu,
-    remainder,
-    round,
-    rsqrt,
-    sigmoid,
-    sign,
-    silu,
-    sin,
-    sinh,
-    softplus,
-    softsign,
-    sqrt,
-    square,
-    stop_gradient,
-    tan,
-    tanh,
-    trunc,
-    where,
-)
+from .elementwise import *  # noqa: F403 - the elementwise table's builders (elementwise.__all__)
+from .elementwise import abs, cast, clip, ew  # noqa: A004 - (used below)
 from .index import getitem, one_hot, pick, scatter_add, take, take_along_axis
 from .linalg import matmul
 from .nn import log_softmax, logsumexp, mse, softmax, softmax_cross_entropy
@@ -79,30 +27,15 @@ from .scan import scan
 from .shape import broadcast_to, concatenate, expand_dims, reshape, squeeze, sum_to, swapaxes, transpose
 from .sort import argsort, sort, topk
 
-__all__ = [  # sorted; one line per initial letter
-    "abs", "all", "allreduce", "any", "arange", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctanh", "argmax", "argmin",
-    "argsort", "avg_pool2d",
-    "broadcast_to",
-    "cast", "ceil", "chunk", "clip", "concatenate", "conv2d", "conv_transpose2d", "cos", "cosh", "cumprod", "cumsum",
-    "diagonal",
-    "einsum", "elu", "erf", "erfc", "exp", "exp2", "expand_dims", "expm1",
-    "flip", "floor", "floor_divide",
-    "gelu",
-    "hardtanh",
-    "interpolate", "iota",
-    "leaky_relu", "log", "log10", "log1p", "log2", "log_softmax", "logcumsumexp", "logical_and", "logical_not",
-    "logical_or", "logsumexp",
-    "matmul", "max", "max_pool2d", "maximum", "mean", "min", "minimum", "mse",
-    "one_hot",
-    "pad", "pad2d", "pick", "prod",
-    "random_uniform", "reciprocal", "relu", "remainder", "repeat", "reshape", "roll", "round", "rsqrt",
-    "scan", "scatter_add",
-    "sigmoid", "sign", "silu", "sin", "sinh", "softmax", "softmax_cross_entropy", "softplus", "softsign", "sort",
-    "split", "sqrt", "square", "squeeze", "stack", "std", "stop_gradient", "sum", "sum_to", "swapaxes",
-    "take", "take_along_axis", "tan", "tanh", "tile", "topk", "transpose", "tril", "triu", "trunc",
-    "var",
-    "where",
+__all__ = [  # and, below, every elementwise builder
+    "all", "allreduce", "any", "arange", "argmax", "argmin", "argsort", "avg_pool2d", "broadcast_to", "chunk",
+    "concatenate", "conv2d", "conv_transpose2d", "cumprod", "cumsum", "diagonal", "einsum", "expand_dims", "flip",
+    "interpolate", "iota", "log_softmax", "logcumsumexp", "logsumexp", "matmul", "max", "max_pool2d", "mean", "min", "mse",
+    "one_hot", "pad", "pad2d", "pick", "prod", "random_uniform", "repeat", "reshape", "roll", "scan", "scatter_add",
+    "softmax", "softmax_cross_entropy", "sort", "split", "squeeze", "stack", "std", "sum", "sum_to", "swapaxes", "take",
+    "take_along_axis", "tile", "topk", "transpose", "tril", "triu", "var",
 ]
+__all__ += elementwise.__all__
 
 
 def _user_line(fn):

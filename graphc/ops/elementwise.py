@@ -35,8 +35,11 @@ def _infer(rule: str):
     return infer
 
 
-def _def(name: str, rule: str, ref, grad, scalar: str, doc: str = "") -> None:
-    defop(name, "elementwise", _infer(rule), ref, grad, scalar, doc)
+TRANSCENDENTAL = 10  # the cost of a libm call, in simple arithmetic ops (parallel thresholds, FLOP counts)
+
+
+def _def(name: str, rule: str, ref, grad, scalar: str, doc: str = "", cost: int = 1, **extra) -> None:
+    defop(name, "elementwise", _infer(rule), ref, grad, scalar, doc, cost=cost, **extra)
 
 
 def ew(name: str, *args, **attrs) -> Node:
@@ -72,13 +75,13 @@ def _np_softplus(x):
 
 # --- unary ------------------------------------------------------------------------
 _def("neg", SAME, np.negative, lambda g, n: [-g], "(-{0})")
-_def("exp", FLOAT, np.exp, lambda g, n: [g * n], "gexp({0})")
-_def("log", FLOAT, np.log, lambda g, n: [g / _in(n)], "glog({0})")
-_def("log1p", FLOAT, np.log1p, lambda g, n: [g / (_in(n) + 1)], "glog1p({0})")
-_def("tanh", FLOAT, np.tanh, lambda g, n: [g * (1 - n * n)], "gtanh({0})")
-_def("sigmoid", FLOAT, _np_sigmoid, lambda g, n: [g * (n * (1 - n))], "gsigmoid({0})")
-_def("softplus", FLOAT, _np_softplus, lambda g, n: [g * sigmoid(_in(n))], "gsoftplus({0})")
-_def("sqrt", FLOAT, np.sqrt, lambda g, n: [g / (n * 2)], "gsqrt({0})")
+_def("exp", FLOAT, np.exp, lambda g, n: [g * n], "gexp({0})", cost=TRANSCENDENTAL)
+_def("log", FLOAT, np.log, lambda g, n: [g / _in(n)], "glog({0})", cost=TRANSCENDENTAL)
+_def("log1p", FLOAT, np.log1p, lambda g, n: [g / (_in(n) + 1)], "glog1p({0})", cost=TRANSCENDENTAL)
+_def("tanh", FLOAT, np.tanh, lambda g, n: [g * (1 - n * n)], "gtanh({0})", cost=TRANSCENDENTAL)
+_def("sigmoid", FLOAT, _np_sigmoid, lambda g, n: [g * (n * (1 - n))], "gsigmoid({0})", cost=TRANSCENDENTAL)
+_def("softplus", FLOAT, _np_softplus, lambda g, n: [g * sigmoid(_in(n))], "gsoftplus({0})", cost=TRANSCENDENTAL)
+_def("sqrt", FLOAT, np.sqrt, lambda g, n: [g / (n * 2)], "gsqrt({0})", cost=TRANSCENDENTAL)
 _def("abs", SAME, np.abs, lambda g, n: [g * sign(_in(n))], "abs({0})")
 _def("sign", SAME, np.sign, lambda g, n: [None], "gsign({0})")
 # relu is its own op, not maximum(x, 0): its gradient at 0 is 0 (torch.relu), where maximum's
@@ -109,9 +112,9 @@ _def("ceil", SAME, np.ceil, lambda g, n: [None], "gceil({0})")
 _def("trunc", SAME, np.trunc, lambda g, n: [None], "gtrunc({0})")
 _def("round", SAME, np.rint, lambda g, n: [None], "grint({0})", doc="to the nearest integer, halves to even")
 _def("logical_not", BOOL, np.logical_not, lambda g, n: [None], "({0} == 0)")
-_def("stop_gradient", SAME, lambda x: x, lambda g, n: [None], "{0}")
+_def("stop_gradient", SAME, lambda x: x, lambda g, n: [None], "{0}", view=True)  # the value itself: no kernel
 _def("cast", "cast", lambda x, dtype: x.astype(dtype),
-     lambda g, n: [cast(g, _in(n).dtype) if _in(n).dtype.kind == "f" else None], "{dtype}({0})")
+     lambda g, n: [cast(g, _in(n).dtype) if _in(n).dtype.kind == "f" else None], "np.{dtype}({0})")
 
 # --- binary -----------------------------------------------------------------------
 _def("add", SAME, np.add, lambda g, n: [g, g], "({0} + {1})")
@@ -121,13 +124,18 @@ _def("div", FLOAT, np.divide, lambda g, n: [g / _in(n, 1), -(g * n) / _in(n, 1)]
 # At a zero base, as torch: x**0 has slope 0 (not 0 * inf), and 0**y (y >= 0) has slope 0 in y (not log 0).
 _def("pow", FLOAT, np.power,
      lambda g, n: [where(_in(n, 1) == 0, 0, g * _in(n, 1) * _in(n, 0) ** (_in(n, 1) - 1)),
-                   where((_in(n, 0) == 0) & (_in(n, 1) >= 0), 0, g * n * log(_in(n, 0)))], "({0} ** {1})")
+                   where((_in(n, 0) == 0) & (_in(n, 1) >= 0), 0, g * n * log(_in(n, 0)))], "({0} ** {1})",
+     cost=TRANSCENDENTAL)
 # Ties split the gradient evenly between the operands, as in torch and JAX.
 _def("maximum", SAME, np.maximum, lambda g, n: _tie_split(g, _in(n, 0), _in(n, 1)), "gmax({0}, {1})")
 _def("minimum", SAME, np.minimum, lambda g, n: _tie_split(g, _in(n, 1), _in(n, 0)), "gmin({0}, {1})")
 _def("floor_divide", SAME, np.floor_divide, lambda g, n: [None, None], "({0} // {1})", doc="floor(a / b), as Python's //")
 # a - floor(a / b) * b: the sign of b, as Python's % and torch.remainder
 _def("remainder", SAME, np.remainder, lambda g, n: [g, -(g * floor_divide(_in(n, 0), _in(n, 1)))], "({0} % {1})")
+# d atan2(y, x) = (x dy - y dx) / (x² + y²); 0/0 (NaN) at the origin, as torch.atan2 and jax
+_def("arctan2", FLOAT, np.arctan2, lambda g, n: [g * _in(n, 1) / (_in(n, 0) * _in(n, 0) + _in(n, 1) * _in(n, 1)),
+                                                 -(g * _in(n, 0)) / (_in(n, 0) * _in(n, 0) + _in(n, 1) * _in(n, 1))],
+     "gatan2({0}, {1})", cost=TRANSCENDENTAL)
 _def("logical_and", BOOL, np.logical_and, lambda g, n: [None, None], "(({0} != 0) & ({1} != 0))")
 _def("logical_or", BOOL, np.logical_or, lambda g, n: [None, None], "(({0} != 0) | ({1} != 0))")
 for _name, _ref, _sym in (("lt", np.less, "<"), ("le", np.less_equal, "<="), ("gt", np.greater, ">"),
@@ -180,6 +188,11 @@ def stable_log(a: Node) -> Node | None:
         num, den = a.inputs
         return _fit(num.inputs[0] - log(den), a)
     return None
+
+
+def arctan2(y, x) -> Node:
+    """The angle of the point (x, y), in (-pi, pi] (np.arctan2, torch.atan2)."""
+    return ew("arctan2", y, x)
 
 
 def log1p(x) -> Node:
@@ -355,3 +368,12 @@ def softsign(x) -> Node:
     """x / (1 + |x|)."""
     x = as_node(x)
     return x / (abs(x) + 1)
+
+
+__all__ = [  # the public builders (ops/__init__.py exports them)
+    "abs", "arccos", "arctan2", "arccosh", "arcsin", "arcsinh", "arctan", "arctanh", "cast", "ceil", "clip", "cos", "cosh", "elu",
+    "erf", "erfc", "ew", "exp", "exp2", "expm1", "floor", "floor_divide", "gelu", "hardtanh", "leaky_relu", "log", "log1p",
+    "log2", "log10", "logical_and", "logical_not", "logical_or", "maximum", "minimum", "reciprocal", "relu", "remainder",
+    "round", "rsqrt", "sigmoid", "sign", "silu", "sin", "sinh", "softplus", "softsign", "sqrt", "square", "stop_gradient",
+    "tan", "tanh", "trunc", "where",
+]

@@ -71,7 +71,7 @@ defop("scatter_add", "index", _infer_scatter, _scatter_ref,
       lambda g, n: [make("take", (g, n.inputs[1]), axis=n.attrs["axis"]), None],
       index_bound=lambda n: n.attrs["size"], index_arg=1, dim_attrs=("size",))
 defop("one_hot", "index", _infer_one_hot, _one_hot_ref, lambda g, n: [None],
-      index_bound=lambda n: n.attrs["depth"], index_arg=0)
+      index_bound=lambda n: n.attrs["depth"], index_arg=0, unaligned=(0,))
 
 
 def take(x, indices, axis: int = 0) -> Node:
@@ -103,7 +103,7 @@ def _pick_ref(z, idx):
 # pick(z, y)[...] = z[..., y[...]]: what sum(one_hot(y) * z, -1) computes, without the one-hot.
 defop("pick", "index", _infer_pick, _pick_ref,
       lambda g, n: [make("reshape", (g,), shape=g.shape + (1,)) * one_hot(n.inputs[1], n.inputs[0].shape[-1], g.dtype), None],
-      index_bound=lambda n: n.inputs[0].shape[-1], index_arg=1)
+      index_bound=lambda n: n.inputs[0].shape[-1], index_arg=1, unaligned=(0, 1))
 
 
 def pick(z, indices) -> Node:

@@ -53,15 +53,15 @@ def _grad_concat(g, n):
 
 
 defop("reshape", "shape", lambda x, shape: (infer_reshape(x.shape, shape), x.dtype),
-      lambda x, shape: x.reshape(shape), lambda g, n: [reshape(g, n.inputs[0].shape)])
+      lambda x, shape: x.reshape(shape), lambda g, n: [reshape(g, n.inputs[0].shape)], view=True)
 defop("transpose", "shape", lambda x, axes: (tuple(x.shape[a] for a in axes), x.dtype),
-      np.transpose, lambda g, n: [transpose(g, tuple(np.argsort(n.attrs["axes"])))])
+      np.transpose, lambda g, n: [transpose(g, tuple(np.argsort(n.attrs["axes"])))], view=True)
 defop("broadcast_to", "shape", _infer_broadcast_to, np.broadcast_to,
-      lambda g, n: [sum_to(g, n.inputs[0].shape)])
+      lambda g, n: [sum_to(g, n.inputs[0].shape)], view=True)
 defop("concatenate", "shape", _infer_concat, lambda *xs, axis: np.concatenate(xs, axis), _grad_concat)
 defop("slice", "shape", lambda x, index: (_slice_shape(x.shape, index), x.dtype),
       lambda x, index: x[_np_slice(index)],
-      lambda g, n: [make("unslice", (g,), index=n.attrs["index"], shape=n.inputs[0].shape)])
+      lambda g, n: [make("unslice", (g,), index=n.attrs["index"], shape=n.inputs[0].shape)], view=True)
 defop("unslice", "shape", lambda g, index, shape: (tuple(shape), g.dtype), _unslice_ref,
       lambda g, n: [make("slice", (g,), index=n.attrs["index"])], doc="zeros with g written at index")
 

@@ -22,10 +22,6 @@ from ..graph import toposort
 from ..ir import Node
 from ..shapes import broadcast, fmt_shape, resolve
 
-VIEWS = {"reshape", "transpose", "broadcast_to", "slice", "stop_gradient"}
-# Operands these ops do not read at the output's own index (so they must come from outside).
-UNALIGNED = {"one_hot": (0,), "pick": (0, 1)}
-TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "sigmoid", "softplus", "sqrt", "pow"}
 # A kernel's compile time grows with its body: longer chains are cut into kernels of this many ops
 # (one pass over memory each), and kernels read or write at most MAX_KERNEL_BUFFERS buffers.
 MAX_KERNEL_OPS = 128
@@ -35,9 +31,9 @@ MAX_KERNEL_BUFFERS = 64
 def node_class(n: Node) -> str:
     if n.op.kind == "source" or n.op.name == "count":
         return "source"  # count is a scalar known from shapes at call time
-    if n.op.name in VIEWS:
+    if n.op.view:
         return "view"
-    if n.op.kind == "elementwise" or n.op.name in UNALIGNED:
+    if n.op.kind == "elementwise" or n.op.unaligned:  # (one_hot and pick fuse, reading some operands whole)
         return "loop"
     if n.op.kind in ("reduce", "matmul"):
         return n.op.kind
@@ -93,7 +89,7 @@ class Kernel:
     def loop_work(self) -> list[tuple[tuple, int]]:
         """(shape, weight) of the work the kernel's own loops do (a matmul's is BLAS's):
         one per element of each op, ten for transcendental functions."""
-        return [(n.inputs[0].shape, 1) if n.op.kind == "reduce" else (n.shape, 10 if n.op.name in TRANSCENDENTAL else 1)
+        return [(n.inputs[0].shape, 1) if n.op.kind == "reduce" else (n.shape, n.op.cost)
                 for n in self.nodes if n.op.kind != "matmul"]
 
     def after_reduce(self) -> set[int]:
@@ -178,7 +174,7 @@ def _check_members(nodes: list[Node], kind: str, domain: tuple, raxes: tuple, wh
             b, aligned = base_of(i)
             if b.id not in inside:
                 continue
-            if k in UNALIGNED.get(n.op.name, ()) or not aligned:
+            if k in n.op.unaligned or not aligned:
                 return f"{n.op.name} reads {b.op.name} at other indices than its own"
             if n.op.kind == "matmul":
                 return "matmul operands are read from memory by BLAS"

@@ -7,7 +7,7 @@ from math import prod
 
 from ..ir import Node
 from ..shapes import resolve, size
-from .fusion import UNALIGNED, Kernel, base_of
+from .fusion import Kernel, base_of
 
 
 @dataclass
@@ -67,7 +67,7 @@ def plan_memory(kernels: list[Kernel], roots: list[Node], updates: list[tuple[No
                 b, aligned = base_of(v)
                 if b.id in inside:
                     continue
-                aligned = aligned and n.op.kind == "elementwise" and pos not in UNALIGNED.get(n.op.name, ())
+                aligned = aligned and n.op.kind == "elementwise" and pos not in n.op.unaligned
                 reads.setdefault(b.id, []).append((k.index, aligned))
                 if b.id in buffers:
                     buffers[b.id].last = max(buffers[b.id].last, k.index)
