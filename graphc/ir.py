@@ -22,6 +22,9 @@ _ids = itertools.count()
 
 # While autodiff runs a gradient rule, the forward node it differentiates.
 _ORIGIN: contextvars.ContextVar = contextvars.ContextVar("graphc_origin", default=None)
+# The user-level ops being built, outermost first (JAX's name stack): generated code names the
+# op a primitive came from (softmax_cross_entropy), not only the primitive (where).
+_SCOPE: contextvars.ContextVar = contextvars.ContextVar("graphc_scope", default=())
 # While a pass rewrites a node, the node whose provenance (site, origin) new nodes inherit.
 _REPLACING: contextvars.ContextVar = contextvars.ContextVar("graphc_replacing", default=None)
 
@@ -72,7 +75,7 @@ class Node:
     """A value in the graph. Build nodes with graphc's functions and operators."""
 
     __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "name", "site", "origin", "adjoint_of", "id", "_param", "_guard",
-                 "__weakref__")
+                 "scope", "__weakref__")
     __array_priority__ = 1000  # numpy arrays defer to Node's operators
 
     def __init__(self, op: Op, inputs: tuple, attrs: dict, shape: Shape, dtype: np.dtype, name: str | None = None, site=None):
@@ -84,8 +87,9 @@ class Node:
         self.name = name
         old = _REPLACING.get()
         if old is not None:  # built by a rewrite: keep the provenance of the node it replaces
-            self.origin, self.site = old.origin, old.site
+            self.origin, self.site, self.scope = old.origin, old.site, old.scope
         else:
+            self.scope = "/".join(_SCOPE.get())
             self.origin = _ORIGIN.get()   # forward node whose gradient rule made this one
             # A gradient node points at the user's line of the forward op it differentiates.
             self.site = self.origin.site if self.origin is not None else site if site is not None else user_site()
@@ -191,7 +195,7 @@ class _ParamStore:
 def clone(n: Node, inputs: tuple) -> Node:
     """``n`` over new inputs, with the same provenance."""
     m = Node(n.op, inputs, n.attrs, n.shape, n.dtype, name=n.name, site=n.site)
-    m.origin, m.adjoint_of, m._param = n.origin, n.adjoint_of, n._param
+    m.origin, m.adjoint_of, m._param, m.scope = n.origin, n.adjoint_of, n._param, n.scope
     return m
 
 
@@ -272,6 +276,20 @@ class replacing:
 
     def __exit__(self, *exc):
         _REPLACING.reset(self.tok)
+
+
+class scope:
+    """Context: nodes built inside belong to the user-level op ``name`` (nested scopes join
+    with "/"); the public builders enter one each."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.tok = _SCOPE.set(_SCOPE.get() + (self.name,))
+
+    def __exit__(self, *exc):
+        _SCOPE.reset(self.tok)
 
 
 class origin_of:

@@ -56,3 +56,22 @@ def test_any_name_compiles(xname, wname):
     want = run("numpy", xname, wname)
     for a, b in zip(run("cpu", xname, wname, debug=True), want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_generated_comments_name_the_user_level_op():
+    """A name stack, as JAX's: the primitives a composite is built from are commented with the
+    op the user called (and gradient nodes with their forward op's), nested scopes joined by /."""
+    import numpy as np
+
+    import graphc as gc
+    z = gc.input("z", ("b", 4))
+    y = gc.input("y", ("b",), "int64")
+    loss = gc.softmax_cross_entropy(z, y)
+    f = gc.function([z, y], [loss, gc.grad(loss, z)], target="cpu", debug=True)
+    f(np.zeros((3, 4), np.float32), np.array([0, 1, 2]))
+    src = f.source
+    assert "where in softmax_cross_entropy (forward" in src
+    assert "in softmax_cross_entropy (backward" in src
+    lse = gc.logsumexp(gc.softmax(z))
+    assert {n.scope for n in gc.toposort([lse]) if n.op.name == "exp"} == {"logsumexp", "softmax"}
+    assert gc.exp(z).scope == "exp"

@@ -41,8 +41,11 @@ def literal(value, dtype: np.dtype) -> str:
 
 
 def describe(n: Node) -> str:
-    """The op, its phase and the user's line, safe in a comment."""
-    return comment(f"{n.op.name} ({n.phase}, {fmt_site(n.site)})")
+    """The op, the user-level op it is part of, its phase and the user's line, safe in a comment:
+    ``where in softmax_cross_entropy (forward, model.py:12)``."""
+    scope = n.scope if n.origin is None else n.origin.scope  # a gradient node: its forward op's
+    within = f" in {scope}" if scope and scope.split("/")[-1] != n.op.name else ""
+    return comment(f"{n.op.name}{within} ({n.phase}, {fmt_site(n.site)})")
 
 
 def peel(v: Node) -> Node:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from ..errors import GraphcError, fmt_site, user_site
-from ..ir import Node
+from ..ir import Node, scope
 from . import arange as _arange_ops  # noqa: F401
 from . import conv, elementwise, index, linalg, nn, random, reduce  # noqa: F401 - each registers its ops
 from . import shape as _shape_ops  # noqa: F401
@@ -44,7 +44,8 @@ def _user_line(fn):
     @functools.wraps(fn)
     def builder(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with scope(fn.__name__):
+                return fn(*args, **kwargs)
         except GraphcError as e:
             msg, where = str(e), f"({fmt_site(user_site())})"
             if msg.endswith(where):
@@ -55,7 +56,7 @@ def _user_line(fn):
 
 
 for _name in [*__all__, "getitem"]:
-    if callable(globals()[_name]):  # the builders, not the submodules
+    if callable(globals()[_name]) and _name != "ew":  # the builders (not the submodules, nor ew, the generic one)
         globals()[_name] = _user_line(globals()[_name])
 
 
