@@ -24,6 +24,7 @@ from ..ops.cumulative import COMBINE
 from ..passes.fusion import Kernel, base_of
 from ..shapes import form_mul, size
 from .layout import ONE, ZERO, Layout, Scratch, View, freeze, scalar_constant
+from .lowering import ScalarLowering
 from .source import Source, comment
 
 CHUNK = 4096  # float32 sums add blocks of this many terms: error ~(CHUNK + n/CHUNK) ulp, not n
@@ -193,7 +194,7 @@ class KernelWriter:
         return KernelCode(text, self.slots, self.scratch, doc=doc, checks=self.checks)
 
 
-class LoopWriter(KernelWriter):
+class LoopWriter(ScalarLowering, KernelWriter):
     """A loop, reduce or matmul kernel of the program."""
 
     def __init__(self, k: Kernel, layout: Layout, parallel: bool, inplace: dict, shared: set):
@@ -207,6 +208,7 @@ class LoopWriter(KernelWriter):
         self.n = [self.int(freeze(d), f"n{a}") if d != 1 else "1" for a, d in enumerate(k.domain)] \
             if self.r else []
         self.ax = [f"i{a}" for a in range(self.r)]
+        self.domain = tuple(k.domain) if self.r else ()
         self.acc_views: dict[int, View] = {}
         self.nv = 0  # values are v0, v1, ... in the order they are computed
 
@@ -222,27 +224,21 @@ class LoopWriter(KernelWriter):
         """Accumulators are numbered by their reduction's place in the kernel (names stay structural)."""
         return f"{kind}{[m.id for m in self.k.nodes if m.op.kind == 'reduce'].index(n.id)}"
 
-    # -- indexing ----------------------------------------------------------------------
-    def index(self, shape: tuple, lead: int | None = None) -> list[str]:
-        """Index of an array of ``shape`` right-aligned in the domain (unit dims read 0)."""
-        lead = self.r - len(shape) if lead is None else lead
-        return ["0" if d == 1 else self.ax[j + lead] for j, d in enumerate(shape)]
+    # -- the hooks of ScalarLowering ----------------------------------------------------
+    def axis(self, a: int) -> str:
+        """The index along domain axis ``a``: its loop variable, or 0 where the axis has one entry
+        (no loop is opened over it)."""
+        return "0" if self.k.domain[a] == 1 else self.ax[a]
 
-    def depth(self, n: Node) -> int:
-        axes = [j + self.r - n.ndim for j, d in enumerate(n.shape) if d != 1]
-        return max(axes) + 1 if axes else 0
-
-    def read(self, n: Node, pos: int, val: dict) -> str:
-        """Expression for operand ``pos`` of ``n``."""
-        v = n.inputs[pos]
-        b = base_of(v)[0]
-        if b.id in self.inside:
-            return val[b.id]
+    def source_value(self, v: Node) -> str | None:
+        """A scalar constant or count, passed in the argument block (not read from memory)."""
         c = scalar_constant(v)
         if c is not None:
             return self.constant(*c)
-        if b.op.name == "count":
-            return self.count(b)
+        b = base_of(v)[0]
+        return self.count(b) if b.op.name == "count" else None
+
+    def load_operand(self, v: Node, idx: list[str]) -> str:
         view = self.view(v)
         if all(d == 1 or s == ZERO for d, s in zip(view.shape, view.strides)):  # one value: read it once
             key = ("one", view.base, view.offset, view.dtype)
@@ -251,37 +247,22 @@ class LoopWriter(KernelWriter):
                 self.values[key] = var
                 self.pro(f"{var} = {self.load(view, ['0'] * len(view.shape))}")
             return self.values[key]
-        if n.op.name == "one_hot":
-            return self.load(view, self.index(v.shape, self.r - n.ndim))
-        if n.op.name == "pick" and pos == 0:
-            rows = self.index(v.shape[:-1], self.r - n.ndim)
-            return self.load(view, rows + [self.checked(n, self.read(n, 1, val))])
-        return self.load(view, self.index(v.shape))
+        return self.load(view, idx)
 
-    def at(self, a: int) -> str:
-        """The index along domain axis ``a``: its loop variable, or 0 where the axis has one entry
-        (no loop is opened over it)."""
-        return "0" if self.k.domain[a] == 1 else self.ax[a]
+    def flat_index(self, n: Node) -> str:
+        flat = "0"
+        for j, d in enumerate(n.shape):
+            if d != 1:
+                a = j + self.r - n.ndim
+                flat = self.ax[a] if flat == "0" else f"({flat}) * {self.n[a]} + {self.ax[a]}"
+        return flat
 
-    def expr(self, n: Node, val: dict) -> str:
-        name = n.op.name
-        if name == "pick":
-            return self.read(n, 0, val)
-        args = [self.read(n, i, val) for i in range(len(n.inputs))]
-        if name == "one_hot":
-            return f"np.{n.dtype.name}({self.checked(n, args[0])} == {self.at(self.r - 1)})"
-        if name == "iota":  # the loop index itself
-            return f"np.{n.dtype.name}({self.at(n.attrs['axis'] + self.r - n.ndim)})"
-        if name == "random_uniform":  # hashed from the element's flat index
-            flat = "0"
-            for j, d in enumerate(n.shape):
-                if d != 1:
-                    a = j + self.r - n.ndim
-                    flat = self.ax[a] if flat == "0" else f"({flat}) * {self.n[a]} + {self.ax[a]}"
-            salt = self.constant(n.attrs["salt"], np.dtype(np.int64))
-            rnd = n.op.scalar.format(*args, salt=salt, flat=flat)
-            return rnd if n.dtype == np.float32 else f"np.{n.dtype.name}({rnd})"
-        return n.op.scalar.format(*args, **n.attrs)  # (cast's template names its dtype)
+    def salt(self, n: Node) -> str:
+        return self.constant(n.attrs["salt"], np.dtype(np.int64))
+
+    def depth(self, n: Node) -> int:
+        axes = [j + self.r - n.ndim for j, d in enumerate(n.shape) if d != 1]
+        return max(axes) + 1 if axes else 0
 
     # -- statements ----------------------------------------------------------------------
     def emit_node(self, n: Node, val: dict, acc_index: list[str] | None = None) -> None:
@@ -301,13 +282,6 @@ class LoopWriter(KernelWriter):
             val[n.id] = name
         if n.id in self.out_ids and n.op.kind != "matmul":
             self.store(self.out_view(n), self.own_index(n), val[n.id])
-
-    def own_index(self, n: Node) -> list[str]:
-        """Where ``n``'s value goes in its own array; a reduction without keepdims keeps
-        only the unreduced axes of the domain."""
-        if n.op.kind == "reduce" and not n.attrs["keepdims"]:
-            return ["0" if self.k.domain[a] == 1 else self.ax[a] for a in range(self.r) if a not in n.attrs["axes"]]
-        return self.index(n.shape)
 
     def generate(self) -> KernelCode:
         k = self.k
