@@ -272,6 +272,40 @@ def test_nan_propagates_and_outputs_of_every_kind():
     np.testing.assert_allclose(W2.value, 2 * want[0])
 
 
+def _views_of_inputs(variant):
+    """Outputs that are views of sources: the gradient of ``a`` is ``b`` broadcast (the reported
+    case), an input itself, a transposed input, a broadcast of a param that the step updates."""
+    a, b = gc.input("a", (5, 2, 3), "float64"), gc.input("b", (3,), "float64")
+    loss = gc.sum((a - b) * b)
+    ga, gb = gc.grad(loss, [a, b])
+    if variant == "grads":
+        return [a, b], [loss, ga, gb], None
+    if variant == "input":
+        return [a, b], [a, loss, b, ga], None
+    if variant == "transposed":
+        return [a, b], [gc.transpose(a, (2, 0, 1)), a.T, ga.T, gb], None
+    w = gc.param("w", np.linspace(-1, 1, 3))
+    lw = gc.sum((a - w) * w)
+    gw = gc.grad(lw, w)  # the output is w before the update, broadcast
+    return [a], [gc.broadcast_to(w, (5, 2, 3)), gc.broadcast_to(gc.expand_dims(w, 0), (4, 3)).T, lw], [(w, w - 0.1 * gw)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("variant", ["grads", "input", "transposed", "param"])
+def test_outputs_that_are_views_of_inputs_and_params(variant):
+    rng = np.random.default_rng(3)
+    feeds = [rng.standard_normal((5, 2, 3)), rng.standard_normal(3)]
+    res = {}
+    for target in ("numpy", "cuda"):
+        ins, outs, upd = _views_of_inputs(variant)
+        f = gc.function(ins, outs, updates=upd, target=target)
+        res[target] = [f(*feeds[:len(ins)]) for _ in range(2)]  # twice: the second call sees the update
+    for want, got in zip(res["numpy"], res["cuda"]):
+        for w, g in zip(want, got):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
+
+
 @needs_cuda
 def test_source_is_readable_and_commented():
     x, y, logits, loss, params, updates = mlp()

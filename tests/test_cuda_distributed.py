@@ -1,5 +1,5 @@
 """gc.allreduce on target="cuda" against the NumPy reference: the host step copies an all-reduce's
-input to a host buffer, starts it there (``distributed.Pending``) and waits just before the first
+input to a host buffer, starts it there (``mpi.Pending``) and waits just before the first
 kernel that reads its result. Alone (one rank) it is the identity: distributed SGD (several
 buckets) and Adam train as the reference does; allreduce sum/mean forward and backward; strided
 inputs; refusal inside a scan body; a failed index check leaves params unchanged. Under

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import distributed
+from .. import mpi
 from ..atomic import held_signals
 from ..errors import GraphcError, InputError, fmt_site
 from ..ir import Node, _ParamStore
@@ -190,8 +190,8 @@ class CudaProgram:
             n = self.writer.checks[j - 1]
             bound = resolve((n.op.extra["index_bound"](n),), env)[0]
             msg = f"{n.op.name} ({fmt_site(n.site)}): index {value} is out of range [0, {bound})"
-            if self.writer.hosts and distributed.size() > 1:  # the other ranks would wait for this one's all-reduces
-                distributed.abort(msg)
+            if self.writer.hosts and mpi.size() > 1:  # the other ranks would wait for this one's all-reduces
+                mpi.abort(msg)
             raise GraphcError(msg) from None
         for p, _ in self.program.updates:
             p._param.updated()

@@ -65,12 +65,14 @@ def _reduce(g: KernelWriter, k: Kernel) -> None:
     else:
         mode = "block" if all(a < min(red) for a in kept) else "rows"
     g.set_domain(D, None)
+    for n in reds:  # acc0, acc1, ... (and sh0, sh1, ...) by the reduction's place in the kernel
+        g.acc(n)
     nk, nr = g.n([D[a] for a in kept]), g.n([D[a] for a in red])
     s(f"nk = {nk}")
     s(f"nr = {nr}")
     if mode != "rows":
         for n in reds:
-            s(f"sh{n.id} = cuda.shared.array({BLOCK}, np.{n.dtype.name})")
+            s(f"{_sh(g, n)} = cuda.shared.array({BLOCK}, np.{n.dtype.name})")
         s("tid = cuda.threadIdx.x")
     if mode == "rows":
         loop, inner = "for t in range(cuda.grid(1), nk, cuda.gridsize(1)):", "for u in range(nr):"
@@ -93,7 +95,7 @@ def _reduce(g: KernelWriter, k: Kernel) -> None:
     with s.block(loop) if loop else contextlib.nullcontext():
         g.decompose("t", kept, D)
         for n in reds:
-            s(f"acc{n.id} = {_init(n)}")
+            s(f"{g.acc(n)} = {_init(n)}")
         val: dict = {}
         with s.block(inner):
             g.decompose("u", red, D)
@@ -101,7 +103,7 @@ def _reduce(g: KernelWriter, k: Kernel) -> None:
                 if n.id not in after and n.op.kind != "reduce" and n.id in feed:
                     g.emit(n, val)
             for n in reds:
-                s(f"acc{n.id} = {_combine(n, f'acc{n.id}', g.read(n, 0, val))}  # {describe(n)}")
+                s(f"{g.acc(n)} = {_combine(n, g.acc(n), g.read(n, 0, val))}  # {describe(n)}")
         if mode == "rows":
             _epilogue(g, k, after)
             return
@@ -118,16 +120,16 @@ def _reduce(g: KernelWriter, k: Kernel) -> None:
         s("last = cuda.shared.array(1, np.int32)")
         with s.block("if tid == 0:"):
             for n, p in zip(reds, parts):
-                s(f"{p}[cuda.blockIdx.x] = sh{n.id}[0]")
+                s(f"{p}[cuda.blockIdx.x] = {_sh(g, n)}[0]")
             s("cuda.threadfence()  # partials are visible before the ticket is taken")
             s(f"last[0] = np.int32(cuda.atomic.add({ticket}, 0, 1) == cuda.gridDim.x - 1)")
         s("cuda.syncthreads()")
         with s.block("if last[0]:"):
             for n in reds:
-                s(f"acc{n.id} = {_init(n)}")
+                s(f"{g.acc(n)} = {_init(n)}")
             with s.block("for u in range(tid, cuda.gridDim.x, cuda.blockDim.x):"):
                 for n, p in zip(reds, parts):
-                    s(f"acc{n.id} = {_combine(n, f'acc{n.id}', f'{p}[u]')}")
+                    s(f"{g.acc(n)} = {_combine(n, g.acc(n), f'{p}[u]')}")
             _tree(g, reds)
             with s.block("if tid == 0:"):
                 s(f"{ticket}[0] = 0")
@@ -142,22 +144,28 @@ def _combine(n: Node, a: str, b: str) -> str:
     return n.op.extra["combine"].format(a, b)
 
 
+def _sh(g: KernelWriter, n: Node) -> str:
+    """The shared array of reduction ``n``'s block tree."""
+    return g.namer.name("sh", n.id)
+
+
 def _tree(g: KernelWriter, reds: list[Node]) -> None:
     """Combine the block's per-thread accumulators in shared memory (blockDim.x is a power of
-    two); thread 0 ends with the block's result in ``acc<id>``."""
+    two); thread 0 ends with the block's result in its accumulator."""
     s = g.s
     for n in reds:
-        s(f"sh{n.id}[tid] = acc{n.id}")
+        s(f"{_sh(g, n)}[tid] = {g.acc(n)}")
     s("cuda.syncthreads()")
     s("w = cuda.blockDim.x // 2")
     with s.block("while w > 0:"):
         with s.block("if tid < w:"):
             for n in reds:
-                s(f"sh{n.id}[tid] = {_combine(n, f'sh{n.id}[tid]', f'sh{n.id}[tid + w]')}")
+                sh = _sh(g, n)
+                s(f"{sh}[tid] = {_combine(n, f'{sh}[tid]', f'{sh}[tid + w]')}")
         s("cuda.syncthreads()")
         s("w //= 2")
     for n in reds:
-        s(f"acc{n.id} = sh{n.id}[0]")
+        s(f"{g.acc(n)} = {_sh(g, n)}[0]")
 
 
 def _epilogue(g: KernelWriter, k: Kernel, after: set[int]) -> None:
@@ -224,6 +232,7 @@ def _gather(g: KernelWriter, k: Kernel) -> None:
     s(f"n = {g.n(space)}")
     g.code.launch = f"launch({g.n(space)})"
     o = g.out(n)
+    s(f"# {describe(n)}")
     with s.block("for t in range(cuda.grid(1), n, cuda.gridsize(1)):"):
         g.decompose("t", list(range(len(space))), space)
         ax = g.ax
@@ -272,6 +281,7 @@ def _cumulative(g: KernelWriter, k: Kernel) -> None:
     o = g.out(n)
     s(f"rows = {g.n(rows)}")
     g.code.launch = f"launch({g.n(rows)})"
+    s(f"# {describe(n)}")
     with s.block("for r in range(cuda.grid(1), rows, cuda.gridsize(1)):"):
         g.decompose("r", [a for a in range(len(shape)) if a != axis], rows)
         s(f"acc = {literal(identity, n.dtype)}")
@@ -298,6 +308,7 @@ def _argsort(g: KernelWriter, k: Kernel) -> None:
     before = "(u > v or (u != u and v == v))" if n.attrs["descending"] else "(u < v or (v != v and u == u))"
     at = lambda i: g.linear(g.index(shape)[:axis] + [i] + g.index(shape)[axis + 1:], shape)
     val = lambda i: g.load(n.inputs[0], g.index(shape)[:axis] + [i] + g.index(shape)[axis + 1:])
+    s(f"# {describe(n)}")
     with s.block("for r in range(cuda.grid(1), rows, cuda.gridsize(1)):"):
         g.decompose("r", [a for a in range(len(shape)) if a != axis], rows)
         nd = g.d(shape[axis])
@@ -325,7 +336,7 @@ def kernel_code(k: Kernel, name: str, skip_writes: set[int], sites: list | None 
     dom = f"{k.kind} over {k.domain}" + (f", reducing axes {k.raxes}" if k.raxes else "")
     {"loop": _loop, "reduce": _reduce, "matmul": _matmul, "cumulative": _cumulative, "argsort": _argsort}.get(
         k.kind, _gather)(g, k)
-    return g.finish(f"kernel {k.index} ({dom}): {kinds}", [])
+    return g.finish(f"kernel {k.index} ({dom}): {kinds}")
 
 
 def copy_code(v: Node, name: str, why: str) -> KernelCode:
@@ -340,7 +351,7 @@ def copy_code(v: Node, name: str, why: str) -> KernelCode:
         g.s(f"o0[t] = {value}")
     g.code.writes.append(v)
     g.code.launch = f"launch({g.n(v.shape)})"
-    return g.finish(f"{why}: {v.op.name} {v.shape}", [])
+    return g.finish(f"{why}: {v.op.name} {v.shape}")
 
 
 __all__ = ["kernel_code", "copy_code", "TPB"]

@@ -13,7 +13,7 @@ the loop.
 
 An ``allreduce`` (``graphc.distributed``) runs on the host: ``step`` copies its input from the
 device into a page-locked host buffer (``buffers`` makes one per all-reduce), starts the
-all-reduce there in place (``distributed.Pending``, an ``MPI_Iallreduce``) and goes on
+all-reduce there in place (``mpi.Pending``, an ``MPI_Iallreduce``) and goes on
 launching the kernels that do not need it; just before the first kernel that reads its result
 (or before the outputs and updates) it waits and copies the result into its device buffer. The
 memory plan keeps the input live until then; here it is on the host from the start. Inside a
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .. import __version__
+from .._version import __version__
 from ..errors import GraphcError, fmt_site
 from ..graph import toposort
 from ..ir import Node
@@ -93,7 +93,7 @@ def copy(n, src, dst):
 '''
 
 COLLECTIVES = '''\
-from graphc import distributed  # all-reduces across the ranks of an MPI job (mpi4py), run on the host
+from graphc import mpi  # all-reduces across the ranks of an MPI job (mpi4py), run on the host
 
 
 def host_buffer(n, dtype):
@@ -106,7 +106,7 @@ def allreduce_start(src, host, op):
     are done, and start the all-reduce there, in place; the step goes on launching kernels."""
     if host.size:
         src[:host.size].copy_to_host(host)
-    return distributed.Pending(host, host, op)
+    return mpi.Pending(host, host, op)
 
 
 def allreduce_wait(pending, host, dst):
@@ -143,10 +143,19 @@ def _owned(e: Node, k: Kernel) -> bool:
 
 
 def sources(prog: Program, kind: str) -> list[Node]:
+    """The program's nodes of ``kind`` in program order (for params, then the update targets it does not read)."""
     found = {n.id: n for n in toposort(prog.roots) if n.op.name == kind}
     if kind == "param":
-        found.update({p.id: p for p, _ in prog.updates})
-    return sorted(found.values(), key=lambda n: n.id)
+        for p, _ in prog.updates:
+            found.setdefault(p.id, p)
+    return list(found.values())
+
+
+def in_order(prog: Program) -> list:
+    """The memory plan's buffers (kernel outputs) in the order the schedule writes them; their
+    names are their positions in this order (node ids would depend on what the process built before)."""
+    pos = {o.id: j for j, o in enumerate(o for k in prog.kernels for o in k.outputs)}
+    return sorted(prog.memory.buffers.values(), key=lambda b: pos[b.node.id])
 
 
 def programs(prog: Program):
@@ -189,8 +198,10 @@ class StepWriter:
         self.params = sources(prog, "param")
         seen: dict[int, Node] = {}  # array constants of the step and of its loop bodies
         for p in programs(prog):
-            seen.update({c.id: c for c in sources(p, "constant") if c.attrs["value"].size > 1})
-        self.consts = sorted(seen.values(), key=lambda n: n.id)
+            for c in sources(p, "constant"):
+                if c.attrs["value"].size > 1:
+                    seen.setdefault(c.id, c)
+        self.consts = list(seen.values())
         self.dims = sorted({d for x in inputs for d in x.shape if isinstance(d, str)})
         self.names: dict[int, str] = {}  # the step's own scope; a loop body has its own
         for j, p in enumerate(self.params):
@@ -208,14 +219,14 @@ class StepWriter:
         # the workspace: the memory plan's slots, then each loop's (its body's slots, carries, copies)
         self.slots: list[tuple] = list(prog.memory.slots)   # (size, dtype)
         self.entries: list[tuple] = []                      # (name, slot, size, note): what `buffers` returns
-        for b in sorted(prog.memory.buffers.values(), key=lambda b: b.node.id):
+        for b in in_order(prog):
             if b.node.id in self.names:
                 continue
             if b.slot < 0:
                 self.names[b.node.id] = self.names[prog.memory.inplace[b.node.id].id]
             else:
-                self.names[b.node.id] = f"b{b.node.id}"
-                self.entries.append((f"b{b.node.id}", b.slot, size(b.node.shape), f"{b.node.op.name} {b.node.shape}"))
+                self.names[b.node.id] = name = f"b{len(self.entries)}"
+                self.entries.append((name, b.slot, size(b.node.shape), f"{b.node.op.name} {b.node.shape}"))
         n_out = prog.n_outputs
         # outputs: "direct" (a workspace buffer, read after the step), "gather" (a copy kernel into X<j>,
         # run before updates overwrite params), or "host" (constants: no kernel at all)
@@ -257,7 +268,7 @@ class StepWriter:
             if (base_of(e)[0].id in prog.memory.buffers and _contiguous(e)) or e.id in staged:
                 update_codes.append((p, e, None, None))
                 continue
-            code = copy_code(e, f"update{j}_copy", f"update of {p.name}")
+            code = copy_code(e, f"update{j}_copy", f"update of {self.names[p.id]}")  # (param names may hold counters)
             if base_of(e)[0].id in targets:  # reads a param that another copy overwrites (a swap): save it first
                 self.staged.append((p, e))
             update_codes.append((p, e, code, f"U{len(self.staged) - 1}" if base_of(e)[0].id in targets else None))
@@ -410,11 +421,10 @@ class StepWriter:
                 late.append((y, ys[j], f"{path}_y{j}", f"y {j}"))
         base = len(self.slots)
         self.slots += mem.slots
-        for b in sorted(mem.buffers.values(), key=lambda b: b.node.id):
-            if b.node.id not in own:
-                bnames[b.node.id] = f"b{path}_{b.node.id}"
-                self.entries.append((bnames[b.node.id], base + b.slot, size(b.node.shape),
-                                     f"{b.node.op.name} {b.node.shape}, in the body of kernel {_dotted(path)}"))
+        for j, b in enumerate(b for b in in_order(bprog) if b.node.id not in own):
+            bnames[b.node.id] = f"b{path}_{j}"
+            self.entries.append((bnames[b.node.id], base + b.slot, size(b.node.shape),
+                                 f"{b.node.op.name} {b.node.shape}, in the body of kernel {_dotted(path)}"))
         t = f"t{path}"
         with s.block(f"for {t} in range({T}):"):
             if rev:

@@ -3,17 +3,21 @@
 Every array a kernel touches is a flat, contiguous buffer (a slice of the workspace, a param's
 device copy, an input, a constant). Views (reshape, transpose, broadcast, slice) become index
 arithmetic on the way to their buffer, so no view is ever materialized: ``offset`` walks a view
-chain down to its buffer, turning an index into the view into an offset into the buffer."""
+chain down to its buffer, turning an index into the view into an offset into the buffer.
+
+Generated identifiers come from positions only: a kernel's values, accumulators and temporaries
+are numbered by a ``Namer`` as they are emitted, buffers by their place in the schedule
+(cuda_step.py). Node ids depend on what the process built before, and the disk cache is keyed by
+the source: an id in a name would make the same model miss the cache in the next process."""
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from math import prod
 
 import numpy as np
 
 from ..ir import Node
-from ..passes.fusion import VIEWS, Kernel, base_of
+from ..passes.fusion import Kernel, base_of
 from .cuda_math import device_name
 from .loops import describe, literal, peel
 from .source import Source, comment
@@ -38,6 +42,25 @@ def numel(shape) -> str:
 
 def _paren(e: str) -> str:
     return e if e.replace("_", "").isalnum() else f"({e})"
+
+
+class Namer:
+    """Names in order of first request: ``name("v", n.id)`` is ``v0`` for the first value asked for,
+    ``v1`` for the next, and the same name again for the same key; ``fresh("q")`` is always new."""
+
+    def __init__(self) -> None:
+        self.names: dict = {}
+        self.counts: dict[str, int] = {}
+
+    def fresh(self, prefix: str) -> str:
+        j = self.counts.get(prefix, 0)
+        self.counts[prefix] = j + 1
+        return f"{prefix}{j}"
+
+    def name(self, prefix: str, key) -> str:
+        if (prefix, key) not in self.names:
+            self.names[(prefix, key)] = self.fresh(prefix)
+        return self.names[(prefix, key)]
 
 
 @dataclass(eq=False)  # compared by identity: fields hold nodes, whose == builds graph ops
@@ -67,7 +90,7 @@ class KernelWriter:
         self.arg: dict = {}
         self.s = Source()
         self.s.depth = 1
-        self.tmp = itertools.count()
+        self.namer = Namer()  # values, accumulators and temporaries, numbered as they are emitted
         self.shapes: list[tuple] = []
         self.ax: list[str] = []
         self.domain: tuple = ()
@@ -131,7 +154,7 @@ class KernelWriter:
         if len(live) == 1:
             idx[live[0]] = _paren(lin)
         elif live:
-            q = f"q{next(self.tmp)}"
+            q = self.namer.fresh("q")
             self.s(f"{q} = {lin}")
             for j in reversed(live[1:]):
                 idx[j] = f"{q}_{j}"
@@ -143,7 +166,7 @@ class KernelWriter:
     def offset(self, v: Node, idx: list[str]) -> str:
         """Offset into the flat buffer under ``v``'s views of the element at ``idx`` of ``v``."""
         lin = None  # set while a reshape has folded the index into one offset
-        while v.op.name in VIEWS:
+        while v.op.view:
             op = v.op.name
             if op == "stop_gradient":
                 v = v.inputs[0]
@@ -217,7 +240,7 @@ class KernelWriter:
             self.sites.append(n)
             ids.append(n.id)
         self.code.checks = True
-        var = f"ix{next(self.tmp)}"
+        var = self.namer.fresh("ix")
         self.s(f"{var} = {index}")
         with self.s.block(f"if {var} < 0 or {var} >= {self.d(n.op.extra['index_bound'](n))}:"):
             with self.s.block("if E[0] == 0:"):  # the first failure is the one reported
@@ -243,12 +266,17 @@ class KernelWriter:
             return rnd if n.dtype == np.float32 else f"np.{n.dtype.name}({rnd})"
         return device_name(n.op.scalar, n.dtype).format(*args)
 
+    def acc(self, n: Node) -> str:
+        """The accumulator of reduction ``n``."""
+        return self.namer.name("acc", n.id)
+
     def emit(self, n: Node, val: dict) -> None:
         if n.op.kind == "reduce":
-            val[n.id] = f"acc{n.id}"
+            val[n.id] = self.acc(n)
         else:
-            self.s(f"v{n.id} = {self.expr(n, val)}  # {describe(n)}")
-            val[n.id] = f"v{n.id}"
+            var = self.namer.name("v", n.id)  # the same variable when an epilogue computes it again
+            self.s(f"{var} = {self.expr(n, val)}  # {describe(n)}")
+            val[n.id] = var
         if n.id in self.out_ids:
             self.s(f"{self.out(n)}[{self.linear(self.own_index(n), n.shape)}] = {val[n.id]}")
 
@@ -263,7 +291,9 @@ class KernelWriter:
         self.ax = [f"i{a}" for a in range(len(shape))]
 
     # -- the kernel --------------------------------------------------------------------------
-    def finish(self, doc: str, header: list[str]) -> KernelCode:
+    def finish(self, doc: str) -> KernelCode:
+        """The kernel: its signature and one-line doc, then the body; each op is named (with its
+        phase and line) in the comment of the line that computes it, not listed again here."""
         syms = sorted(symbols(self.shapes))
         args = syms + [f"a{j}" for j in range(len(self.code.reads))] + \
             [f"c{j}" for j in range(len(self.code.scalars))] + [f"o{j}" for j in range(len(self.code.writes))] + \
@@ -272,10 +302,6 @@ class KernelWriter:
         top("@cuda.jit(cache=CACHE)")
         top(f"def {self.name}({', '.join(args)}):")
         top(f"    {comment(doc)!r}")  # a string literal: user names cannot end it
-        for n in (self.k.nodes if self.k else []):
-            top(f"    # {describe(n)}")
-        for line in header:
-            top("    " + line)
         self.code.source = top.text() + self.s.text()
         self.code.syms = syms
         return self.code
