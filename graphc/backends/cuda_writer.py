@@ -20,6 +20,7 @@ from ..ir import Node
 from ..passes.fusion import Kernel, base_of
 from .cuda_math import device_name
 from .loops import describe, literal, peel
+from .lowering import ScalarLowering
 from .source import Source, comment
 
 
@@ -77,8 +78,10 @@ class KernelCode:
     checks: bool = False                                  # range-checks computed indices (takes E)
 
 
-class KernelWriter:
-    """One kernel. ``ax`` names the index variable of each axis of the current domain."""
+class KernelWriter(ScalarLowering):
+    """One kernel. ``ax`` names the index variable of each axis of the current domain. The scalar
+    code of its nodes (operands, one_hot/pick/iota/random_uniform, templates, a result's own
+    index) is lowering.py's, shared with the CPU writer, over the hooks below."""
 
     def __init__(self, k: Kernel | None, name: str, skip_writes: set[int], sites: list | None = None,
                  checked: set = frozenset()):
@@ -129,11 +132,6 @@ class KernelWriter:
         return numel(shape)
 
     # -- index arithmetic ----------------------------------------------------------------------
-    def index(self, shape: tuple, lead: int | None = None) -> list[str]:
-        """Index of an array of ``shape`` right-aligned in the domain (unit dims read 0)."""
-        lead = len(self.ax) - len(shape) if lead is None else lead
-        return ["0" if d == 1 else self.ax[j + lead] for j, d in enumerate(shape)]
-
     def linear(self, idx: list[str], shape: tuple) -> str:
         if self.flat and tuple(shape) == tuple(self.domain) and idx == self.index(self.domain):
             return self.flat
@@ -214,21 +212,27 @@ class KernelWriter:
                 q = "q"
             self.s(f"i{live[0]} = q")
 
-    # -- values ------------------------------------------------------------------------------
-    def read(self, n: Node, pos: int, val: dict) -> str:
-        v = n.inputs[pos]
-        b = base_of(v)[0]
-        if b.id in self.inside:
-            return val[b.id]
-        if peel(v).op.name == "count":
-            return self.scalar_arg(peel(v))
-        lead = len(self.ax) - n.ndim
-        if n.op.name == "one_hot":
-            return self.load(v, self.index(v.shape, lead))
-        if n.op.name == "pick" and pos == 0:  # z[..., idx[...]]
-            return self.load(v, self.index(v.shape[:-1], lead) + [self.checked(n, self.read(n, 1, val))])
-        return self.load(v, self.index(v.shape))
+    # -- the hooks of ScalarLowering -------------------------------------------------------------
+    def axis(self, a: int) -> str:
+        return self.ax[a]
 
+    def load_operand(self, v: Node, idx: list[str]) -> str:
+        return self.load(v, idx)
+
+    def source_value(self, v: Node) -> str | None:
+        """A count (known from the dims) is a scalar argument; one-value constants are literals (``load``)."""
+        return self.scalar_arg(peel(v)) if peel(v).op.name == "count" else None
+
+    def flat_index(self, n: Node) -> str:
+        return self.linear(self.index(n.shape), n.shape)
+
+    def salt(self, n: Node) -> str:
+        return str(n.attrs["salt"])
+
+    def math(self, text: str, n: Node) -> str:
+        return device_name(text, n.dtype)
+
+    # -- values ------------------------------------------------------------------------------
     def checked(self, n: Node, index: str) -> str:
         """``index``, range-checked when ``n``'s index is computed in the graph: out of range, the
         thread records the check's number and the value in ``E`` and reads index 0 instead; the
@@ -249,23 +253,6 @@ class KernelWriter:
             self.s(f"{var} = 0")
         return var
 
-    def expr(self, n: Node, val: dict) -> str:
-        args = [self.read(n, i, val) for i in range(len(n.inputs))]
-        name = n.op.name
-        if name == "one_hot":
-            return f"np.{n.dtype.name}({self.checked(n, args[0])} == {self.ax[-1]})"
-        if name == "pick":
-            return args[0]
-        if name == "cast":
-            return f"np.{n.dtype.name}({args[0]})"
-        if name == "iota":  # the element's own index along the axis
-            return f"np.{n.dtype.name}({self.index(n.shape)[n.attrs['axis']]})"
-        if name == "random_uniform":
-            flat = self.linear(self.index(n.shape), n.shape)
-            rnd = n.op.scalar.format(*args, salt=n.attrs["salt"], flat=flat)
-            return rnd if n.dtype == np.float32 else f"np.{n.dtype.name}({rnd})"
-        return device_name(n.op.scalar, n.dtype).format(*args)
-
     def acc(self, n: Node) -> str:
         """The accumulator of reduction ``n``."""
         return self.namer.name("acc", n.id)
@@ -279,12 +266,6 @@ class KernelWriter:
             val[n.id] = var
         if n.id in self.out_ids:
             self.s(f"{self.out(n)}[{self.linear(self.own_index(n), n.shape)}] = {val[n.id]}")
-
-    def own_index(self, n: Node) -> list[str]:
-        """A reduction without keepdims keeps only the unreduced axes of the domain."""
-        if n.op.kind == "reduce" and not n.attrs["keepdims"]:
-            return ["0" if self.domain[a] == 1 else self.ax[a] for a in range(len(self.ax)) if a not in n.attrs["axes"]]
-        return self.index(n.shape)
 
     def set_domain(self, shape: tuple, flat: str | None) -> None:
         self.domain, self.flat = tuple(shape), flat
