@@ -64,15 +64,17 @@ def toposort(nodes: Node | Iterable[Node]) -> list[Node]:
 
 def structure_key(roots: list[Node], inputs: list[Node], params: list[Node], extra: str = "") -> str:
     """A hash of the graph's structure, the same in every process that builds the same graph:
-    ops, attributes, shapes, dtypes, constants' values, inputs and params by position and name,
-    and source lines (generated code cites them). Params' values do not count."""
+    ops, attributes, shapes, dtypes, constants' values, inputs by position and name, params by
+    position, and source lines (generated code cites them). Params' values and names do not count:
+    layer names count the layers a process made before (linear3), and generated code shows none."""
     order = toposort(roots)
     pos = {n.id: k for k, n in enumerate(order)}
     where = {x.id: ("in", k) for k, x in enumerate(inputs)} | {p.id: ("param", k) for k, p in enumerate(params)}
     h = hashlib.sha256(extra.encode())
     for n in order:
         site = fmt_site(n.site)
-        h.update(repr((n.op.name, [pos[i.id] for i in n.inputs], attrs_key(n.attrs), n.shape, n.dtype.str, n.name,
+        h.update(repr((n.op.name, [pos[i.id] for i in n.inputs], attrs_key(n.attrs), n.shape, n.dtype.str,
+                       None if n.op.name == "param" else n.name,
                        where.get(n.id), site, n.origin is not None)).encode())
     h.update(repr([pos[r.id] for r in roots]).encode())
     return h.hexdigest()[:32]

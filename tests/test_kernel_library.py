@@ -140,3 +140,29 @@ print(json.dumps({"out": out, "parallel": "prange(" in f.source, **f._program.li
     cold, warm = child(tmp_path, body), child(tmp_path, body)
     assert cold["parallel"] and warm["parallel"] and cold["compiled"] > 0 and warm["compiled"] == 0
     assert warm["out"] == cold["out"]
+
+
+def test_the_same_model_after_unrelated_layers_is_the_same_step(tmp_path, monkeypatch):
+    """Generated code and the step's cache key come from the program's structure: building the
+    model again after other layers and optimizers (whose counters rename its params, e.g.
+    linear7.W, adam2.exp_avg...) gives the same source and a cache hit."""
+    import graphc as gc
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
+
+    def build():
+        x, y = gc.input("x", ("b", 6)), gc.input("y", ("b",), "int64")
+        model = gc.nn.Sequential(gc.nn.Linear(6, 8, rng=1), gc.relu, gc.nn.Linear(8, 3, rng=2))
+        loss = gc.softmax_cross_entropy(model(x), y)
+        return gc.function([x, y], loss, updates=gc.optim.Adam(model, lr=1e-2).updates(loss), target="cpu")
+
+    args = (np.ones((4, 6), np.float32), np.array([0, 1, 2, 0]))
+    first = build()
+    first(*args)
+    for _ in range(3):
+        gc.nn.Linear(2, 2)
+        gc.optim.SGD([gc.param("unrelated", np.zeros(2, np.float32))], lr=0.1)
+    again = build()
+    again(*args)
+    assert again._program.cache_hit and again._program.key == first._program.key
+    assert again.source == first.source
+    assert "linear" not in first.source and "adam" not in first.source

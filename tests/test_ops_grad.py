@@ -34,7 +34,8 @@ def _np_sce(logits, labels):
 NP = types.SimpleNamespace(
     exp=np.exp, log=np.log, log1p=np.log1p, tanh=np.tanh, sqrt=np.sqrt, abs=np.abs, square=np.square,
     sigmoid=lambda x: 1 / (1 + np.exp(-x)), softplus=lambda x: np.log(1 + np.exp(x)), relu=lambda x: np.maximum(x, 0),
-    maximum=np.maximum, minimum=np.minimum, arctan2=np.arctan2, where=np.where, cast=lambda x, dt: x.astype(dt), stop_gradient=lambda x: x,
+    maximum=np.maximum, minimum=np.minimum, arctan2=np.arctan2, where=np.where, cast=lambda x, dt: x.astype(dt),
+    stop_gradient=lambda x: x,
     sum=np.sum, mean=np.mean, max=np.max, min=np.min,
     logsumexp=lambda x, axis=None, keepdims=False: np.log(np.sum(np.exp(x), axis=axis, keepdims=keepdims)),
     matmul=np.matmul, transpose=np.transpose, reshape=np.reshape, broadcast_to=np.broadcast_to,

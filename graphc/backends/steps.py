@@ -81,6 +81,7 @@ class StepBuilder:
     def __init__(self, prog: Program, inputs: list[Node], params: list[Node]):
         self.prog, self.inputs, self.params = prog, inputs, params
         self.layout = Layout(prog, inputs, params)
+        self.pos = {p.id: k for k, p in enumerate(params)}  # params by position: their names count layers made before
         self.calls: list[dict] = []
         self.kernels: dict[str, str] = {}
         self.checks: list = []  # (op, site, bound form) of every index range check in a kernel
@@ -314,11 +315,13 @@ class StepBuilder:
                 src = self.view(e, final)
                 tmp = final.take(e.dtype.name, tuple(e.shape), layout.ws_end)
                 self.add(copy_code(src, tmp, "a staged update"), None,
-                         [f"stage the update of {p.name}: it reads a param another update overwrites"], final)
+                         [f"stage the update of param {self.pos[p.id]}: it reads a param another update overwrites"],
+                         final)
                 staged[p.id] = tmp
         for p, e in copies:
             src = staged.get(p.id) or self.view(e, final)
-            self.add(copy_code(src, layout.buffer(p), "an update"), None, [f"update of {p.name} ({describe(e)})"], final)
+            self.add(copy_code(src, layout.buffer(p), "an update"), None,
+                     [f"update of param {self.pos[p.id]} ({describe(e)})"], final)
 
 
 def flat_calls(calls: list[dict]):
