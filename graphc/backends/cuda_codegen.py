@@ -30,7 +30,7 @@ from ..ops.cumulative import COMBINE
 from ..passes.fusion import Kernel, base_of
 from .cuda_math import device_name
 from .cuda_writer import KernelCode, KernelWriter
-from .loops import describe, literal, peel
+from .lowering import describe, literal, peel
 
 TPB = 256          # threads per block of grid-stride loops
 BLOCK = 256        # threads (and shared slots) per block of a reduction

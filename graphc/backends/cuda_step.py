@@ -32,7 +32,7 @@ from ..shapes import fmt_shape, linear_form, size
 from . import cuda_math
 from .cuda_codegen import TPB, copy_code, kernel_code
 from .cuda_writer import KernelCode, _paren, dim, numel
-from .loops import describe
+from .lowering import describe
 from .source import Source, comment
 
 HEADER = '''\

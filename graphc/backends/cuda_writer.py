@@ -19,8 +19,7 @@ import numpy as np
 from ..ir import Node
 from ..passes.fusion import Kernel, base_of
 from .cuda_math import device_name
-from .loops import describe, literal, peel
-from .lowering import ScalarLowering
+from .lowering import ScalarLowering, describe, literal, peel
 from .source import Source, comment
 
 

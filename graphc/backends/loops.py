@@ -18,42 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import fmt_site
 from ..ir import Node
 from ..ops.cumulative import COMBINE
 from ..passes.fusion import Kernel, base_of
 from ..shapes import form_mul, size
 from .layout import ONE, ZERO, Layout, Scratch, View, freeze, scalar_constant
-from .lowering import ScalarLowering
-from .source import Source, comment
+from .lowering import ScalarLowering, describe, literal, peel
+from .source import Source
 
 CHUNK = 4096  # float32 sums add blocks of this many terms: error ~(CHUNK + n/CHUNK) ulp, not n
 KERNEL = "KERNEL"  # the function's name in a structural source; the library names it by its hash
-
-
-def literal(value, dtype: np.dtype) -> str:
-    """A typed scalar literal: float32 code never meets a float64 constant."""
-    v = np.asarray(value).item()
-    if dtype == np.bool_:
-        return repr(bool(v))
-    if dtype.kind == "f" and not np.isfinite(v):
-        return f"np.{dtype.name}({'np.nan' if v != v else ('np.inf' if v > 0 else '-np.inf')})"
-    return f"np.{dtype.name}({float(v) if dtype.kind == 'f' else int(v)!r})"
-
-
-def describe(n: Node) -> str:
-    """The op, the user-level op it is part of, its phase and the user's line, safe in a comment:
-    ``where in softmax_cross_entropy (forward, model.py:12)``."""
-    scope = n.scope if n.origin is None else n.origin.scope  # a gradient node: its forward op's
-    within = f" in {scope}" if scope and scope.split("/")[-1] != n.op.name else ""
-    return comment(f"{n.op.name}{within} ({n.phase}, {fmt_site(n.site)})")
-
-
-def peel(v: Node) -> Node:
-    """What a loop reads for ``v``: outer broadcasts become index arithmetic."""
-    while v.op.name in ("broadcast_to", "stop_gradient"):
-        v = v.inputs[0]
-    return v
 
 
 def _p(e: str) -> str:

@@ -23,7 +23,8 @@ from ..program import Program
 from ..shapes import fmt_shape, form, form_mul, form_text, size
 from . import library
 from .layout import ZERO, Layout, Scratch, View, c_strides, fadd, step_view
-from .loops import KernelCode, copy_code, describe, kernel_code
+from .loops import KernelCode, copy_code, kernel_code
+from .lowering import describe
 from .source import Source, comment
 
 SYMBOLIC_GUESS = 256    # a symbolic dim's size when judging whether BLAS needs threads
