@@ -56,7 +56,7 @@ def child(layers: int, width: int, compile_: bool) -> dict:
     mem = plan_memory(sched.kernels, opt_roots, new_updates)
     out["memory_s"] = time.perf_counter() - t
     prog = Program(opt_roots, 1, new_updates, sched.kernels, mem, sched.fused, sched.not_fused, stats, 0, 0)
-    from graphc.backends.steps import StepBuilder
+    from graphc.backends.cpu.step import StepBuilder
     t = time.perf_counter()
     spec = StepBuilder(prog, [x, y], params).build()
     out["codegen_s"] = time.perf_counter() - t

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default="W1,W2,W4")
     ap.add_argument("--steps", type=int, default=100, help="steps per timed round")
     args = ap.parse_args(argv)
-    from graphc.backends.cuda import device_api
+    from graphc.backends.cuda.program import device_api
     device_api()  # a clear error without a GPU
     try:
         import torch

@@ -110,7 +110,7 @@ def save(path: str | os.PathLike, obj, metadata: Mapping[str, str] | None = None
     from safetensors.numpy import save as st_save
 
     from ._version import __version__
-    from .backends.diskcache import write_atomic
+    from .backends.common.diskcache import write_atomic
     params = named_params(obj)
     if not params:
         raise GraphcError(f"nothing to save: {type(obj).__name__} has no params")

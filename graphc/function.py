@@ -133,10 +133,10 @@ class Function:
 
     def _compile(self, bind_now: bool = True):
         if self.target == "cpu":
-            from .backends.cpu import CpuProgram
+            from .backends.cpu.program import CpuProgram
             return CpuProgram(self, debug=self.debug, threads=self.threads, bind_now=bind_now)
         if self.target == "cuda":
-            from .backends.cuda import CudaProgram
+            from .backends.cuda.program import CudaProgram
             return CudaProgram(self.program, self.inputs, device_arrays=self.device_arrays)
         from .backends.reference import ReferenceProgram
         return ReferenceProgram(self.program, self.inputs)

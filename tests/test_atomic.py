@@ -202,7 +202,7 @@ def test_numba_disable_jit_runs_the_generated_code_as_python(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
 def test_a_forked_child_runs_a_parallel_step_serially():
-    import graphc.backends.cpu as C
+    import graphc.backends.cpu.program as C
     old, C.PARALLEL_MIN = C.PARALLEL_MIN, 1
     try:
         n = 20000

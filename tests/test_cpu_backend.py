@@ -159,7 +159,7 @@ def test_same_model_generates_the_same_module():
 
 def test_float32_kernels_have_no_double_in_llvm_ir(tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))  # compiled here, so the IR is at hand
-    from graphc.backends import library
+    from graphc.backends.cpu import library as library
     x = gc.input("x", ("n", 6))
     w = gc.param("w", RNG.standard_normal(6).astype(np.float32))
     z = gc.tanh(x * w + 0.5) * gc.sigmoid(x - w) + gc.softplus(x) + gc.exp(-x * x) + gc.log(x * x + 1) + 1.25

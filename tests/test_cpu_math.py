@@ -1,4 +1,4 @@
-"""graphc.backends.cpu_math: accuracy, special values, float32 discipline, vectorization."""
+"""graphc.backends.cpu.mathfns: accuracy, special values, float32 discipline, vectorization."""
 from __future__ import annotations
 
 import re
@@ -7,7 +7,7 @@ import numba
 import numpy as np
 import pytest
 
-from graphc.backends import cpu_math as cm
+from graphc.backends.cpu import mathfns as cm
 
 NAMES = ["gexp", "glog", "gtanh", "gsigmoid", "gsoftplus", "glog1p", "gexpm1"]
 F32, F64 = np.float32, np.float64

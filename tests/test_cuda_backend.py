@@ -348,7 +348,7 @@ def _ptx_ready() -> bool:
 def test_every_kernel_compiles_to_ptx_without_f64(tmp_path, monkeypatch):
     if not _ptx_ready():
         pytest.skip('needs numba-cuda[cu13] (NVVM) outside the simulator: pip install "numba-cuda[cu13]"')
-    from graphc.backends.cuda import kernel_ptx
+    from graphc.backends.cuda.program import kernel_ptx
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
     graphs = [(xs, outs, None) for xs, _, outs in (step_graph(*c.values, "float32") for c in CASES if c.id in PTX_CASES)]
     x, y, logits, loss, params, updates = mlp(hidden=32)  # 16x16 tiles, a grid reduction over the batch

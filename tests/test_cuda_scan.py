@@ -344,7 +344,7 @@ def test_loop_body_kernels_compile_to_ptx(tmp_path, monkeypatch):
     from test_cuda_backend import _ptx_ready
     if not _ptx_ready():
         pytest.skip('needs numba-cuda[cu13] (NVVM) outside the simulator: pip install "numba-cuda[cu13]"')
-    from graphc.backends.cuda import kernel_ptx
+    from graphc.backends.cuda.program import kernel_ptx
     monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path))
     checked = 0
     for ins, outs in (rnn("T"), nested(), rnn(3, dtype="float32", reverse=True)):

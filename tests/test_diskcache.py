@@ -1,4 +1,4 @@
-"""Tests for graphc.backends.diskcache (generated-module disk cache)."""
+"""Tests for graphc.backends.common.diskcache (generated-module disk cache)."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphc.backends import diskcache
+from graphc.backends.common import diskcache as diskcache
 
 ROOT = Path(diskcache.__file__).resolve().parents[2]
 
@@ -50,7 +50,7 @@ arg = sys.argv[2] if len(sys.argv) > 2 else ""
 if arg == "warmup":
     numba.njit(lambda: 0)()
 t2 = time.perf_counter()
-from graphc.backends import diskcache
+from graphc.backends.common import diskcache as diskcache
 src = open(sys.argv[1]).read()
 if arg and arg != "warmup":
     time.sleep(max(0.0, float(sys.argv[2]) - time.time()))

@@ -98,7 +98,7 @@ def test_corrupt_library_entry_is_compiled_again(tmp_path):
 
 def test_compiling_in_a_forked_worker_gives_the_same_kernels(tmp_path):
     a = child(tmp_path / "a", MLP, GRAPHC_COMPILE_WORKERS="0")
-    b = child(tmp_path / "b", "import graphc.backends.library as L; L.WORKER_MIN = 2; L._free_cores = lambda: 1\n" + MLP)
+    b = child(tmp_path / "b", "import graphc.backends.cpu.library as L; L.WORKER_MIN = 2; L._free_cores = lambda: 1\n" + MLP)
     assert b.get("workers", 0) >= 1 and a["losses"] == b["losses"] and a["pred"] == b["pred"]
     assert sorted(p.name for p in (tmp_path / "a" / "kernels").glob("*.o")) == \
         sorted(p.name for p in (tmp_path / "b" / "kernels").glob("*.o"))
@@ -127,7 +127,7 @@ def test_background_compile_switches_to_the_compiled_step(tmp_path, monkeypatch)
 def test_parallel_kernels_load_warm_without_compiling(tmp_path):
     """A parallel kernel's object code calls Numba's runtime; a warm start binds it, compiles nothing."""
     body = """
-import graphc.backends.cpu as C
+import graphc.backends.cpu.program as C
 C.PARALLEL_MIN = 1  # every kernel with a parallel variant uses it
 n = 5000
 x = gc.input("x", (n,))

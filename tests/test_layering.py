@@ -65,6 +65,10 @@ HIGHER_ORDER = {("graphc.ops.scan", "graphc.autodiff")}
     ("graphc.autodiff", "graphc.passes"), ("graphc.passes", "graphc.backends"), ("graphc.backends", "graphc.function"),
     ("graphc.backends", "graphc.nn"), ("graphc.backends", "graphc.optim"), ("graphc.backends", "graphc.distributed"),
     ("graphc.backends", "graphc.cli"), ("graphc.ops", "graphc.nn"), ("graphc.passes", "graphc.nn"),
+    # each backend stands alone on common/: neither borrows from the other or from the reference
+    ("graphc.backends.cuda", "graphc.backends.cpu"), ("graphc.backends.cpu", "graphc.backends.cuda"),
+    ("graphc.backends.cuda", "graphc.backends.reference"), ("graphc.backends.cpu", "graphc.backends.reference"),
+    ("graphc.backends.common", "graphc.backends.cpu"), ("graphc.backends.common", "graphc.backends.cuda"),
 ])
 def test_data_flows_one_way(lower, upper):
     """Nothing in ``lower`` imports ``upper``: a lower layer never reaches back into a higher one."""

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEP = """
 import numpy as np
 import graphc as gc
-from graphc.backends import cpu
+from graphc.backends.cpu import program as cpu
 cpu.PARALLEL_MIN = 0  # kernels with a parallel variant run it: Numba's OpenMP pool starts
 x = gc.input("x", ("n", 64))
 W = gc.param("W", np.ones((64, 64), np.float32))
@@ -45,7 +45,7 @@ import numba, numpy, scipy.linalg  # (their own imports add warning filters: not
 env, filters = dict(os.environ), list(warnings.filters)
 handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 """ + STEP.format(threads=1) + """
-from graphc.backends import native
+from graphc.backends.cpu import native as native
 assert dict(os.environ) == env, {k: v for k, v in os.environ.items() if env.get(k) != v}
 assert {s: signal.getsignal(s) for s in handlers} == handlers
 assert warnings.filters == filters
@@ -73,7 +73,7 @@ import ctypes, torch
 torch.ones(256, 256) @ torch.ones(256, 256)
 print(torch.__config__.parallel_info())
 import graphc
-from graphc.backends import native
+from graphc.backends.cpu import native as native
 native.start_threads()  # graphc's pool: the passive policy, wherever it starts
 print(sorted({l.split()[-1] for l in open("/proc/self/maps") if "gomp" in l}), flush=True)
 for lib in sorted({l.split()[-1] for l in open("/proc/self/maps") if "gomp" in l}):

@@ -1,5 +1,5 @@
 """The thread governor keeps whichever thread count runs steps faster."""
-from graphc.backends import threads as th
+from graphc.backends.cpu import threads as th
 
 
 def governor():

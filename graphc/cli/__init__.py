@@ -27,7 +27,7 @@ from .common import ROOT, CliError, _one_line, _Parser, _quiet_numba, _size, loa
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from ..backends import diskcache
+    from ..backends.common import diskcache
 
     info = diskcache.info()
     if args.action == "clear":

@@ -278,7 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     workloads = _names(args.workloads, list(W.WORKLOADS), "workload")
     engines = _names(args.engines, list(W.ENGINES), "engine")
     if args.target == "cuda":
-        from ..backends.cuda import device_api
+        from ..backends.cuda.program import device_api
         device_api()  # a GraphcError that says what is missing
     out = Path(args.out).resolve() if args.out else results_dir()
     argv = ["--out", str(out), "--target", args.target] + (["--quick"] if args.quick else []) + (["--load"] if args.load else [])

@@ -1,4 +1,4 @@
-"""The CPU kernel ABI: what generated kernels call besides ``cpu_math``.
+"""The CPU kernel ABI: what generated kernels call besides ``cpu/mathfns.py``.
 
 A kernel is ``def k(A, B)``: ``A`` is its argument block (int64: sizes, strides, offsets,
 scalar bits), ``B`` the step's base addresses. An array operand is a typed pointer,

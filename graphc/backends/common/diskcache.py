@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import CacheError
+from ...errors import CacheError
 
 _lock = threading.Lock()  # one import per key at a time within this process
 
@@ -121,7 +121,7 @@ _FALLBACK: dict[str, Path] = {}
 @functools.cache
 def _versions() -> str:
     try:  # graphc/__init__.py may be absent or broken while graphc is developed
-        from .._version import __version__ as gv
+        from ..._version import __version__ as gv
     except Exception:  # any failure means "no __version__ here"
         try:
             gv = importlib.metadata.version("graphc")

@@ -15,17 +15,17 @@ from math import prod
 
 import numpy as np
 
-from .._version import __version__
-from ..errors import GraphcError, fmt_site
-from ..ir import Node
-from ..passes.fusion import base_of
-from ..program import Program
-from ..shapes import fmt_shape, form, form_mul, form_text, size
+from ..._version import __version__
+from ...errors import GraphcError, fmt_site
+from ...ir import Node
+from ...passes.fusion import base_of
+from ...program import Program
+from ...shapes import fmt_shape, form, form_mul, form_text, size
+from ..common.lowering import describe
+from ..common.source import Source, comment
 from . import library
+from .kernels import KernelCode, copy_code, kernel_code
 from .layout import ZERO, Layout, Scratch, View, c_strides, fadd, step_view
-from .loops import KernelCode, copy_code, kernel_code
-from .lowering import describe
-from .source import Source, comment
 
 SYMBOLIC_GUESS = 256    # a symbolic dim's size when judging whether BLAS needs threads
 BLAS_THREADED_FLOPS = 1 << 22  # smaller matmuls run on one thread whatever the setting
@@ -33,12 +33,12 @@ SPEC_FORMAT = 1
 
 HEADER = """\
 # graphc {version}: one training step for the CPU.
-# Each kernel is compiled once by Numba as a C function over raw pointers (cpu_abi.py) and kept
+# Each kernel is compiled once by Numba as a C function over raw pointers (cpu/abi.py) and kept
 # in graphc's kernel library, shared by every model with the same structure. `step` makes the
 # calls a native driver makes, in order: k(A, B) with A the call's arguments and B the bases.
 import numpy as np
 
-from graphc.backends.cpu_math import *  # noqa: F403 - the g* scalar functions of the ops' templates
+from graphc.backends.cpu.mathfns import *  # noqa: F403 - the g* scalar functions of the ops' templates
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 """
@@ -429,7 +429,7 @@ def _dim_text(d) -> str:
 
 def debug_namespace(source: str) -> dict:
     """``source`` (a rendered step) executed without the JIT: pointers over NumPy arrays."""
-    from . import cpu_abi  # (imports Numba: only debug mode and compiling need it)
+    from . import abi as cpu_abi  # (imports Numba: only debug mode and compiling need it)
     ns: dict = {"__name__": "graphc_debug", "prange": range,
                 "bits": lambda v, dt: bits(v, np.dtype(dt).name), "nan": np.nan, "inf": np.inf}
     ns.update(cpu_abi.DEBUG)

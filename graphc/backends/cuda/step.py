@@ -22,18 +22,18 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .._version import __version__
-from ..errors import GraphcError, fmt_site
-from ..graph import toposort
-from ..ir import Node
-from ..passes.fusion import Kernel, base_of
-from ..program import Program
-from ..shapes import fmt_shape, linear_form, size
-from . import cuda_math
-from .cuda_codegen import TPB, copy_code, kernel_code
-from .cuda_writer import KernelCode, _paren, dim, numel
-from .lowering import describe
-from .source import Source, comment
+from ..._version import __version__
+from ...errors import GraphcError, fmt_site
+from ...graph import toposort
+from ...ir import Node
+from ...passes.fusion import Kernel, base_of
+from ...program import Program
+from ...shapes import fmt_shape, linear_form, size
+from ..common.lowering import describe
+from ..common.source import Source, comment
+from . import mathfns as cuda_math
+from .kernels import TPB, copy_code, kernel_code
+from .writer import KernelCode, _paren, dim, numel
 
 HEADER = '''\
 # graphc {version}: one training step for NVIDIA GPUs, compiled with numba.cuda.
@@ -43,7 +43,7 @@ HEADER = '''\
 import numpy as np
 from numba import cuda
 
-from graphc.backends.cuda_math import {math}  # noqa: F401
+from graphc.backends.cuda.mathfns import {math}  # noqa: F401
 
 CACHE = {cache}  # numba-cuda keeps compiled kernels on disk next to this file
 TPB = {tpb}

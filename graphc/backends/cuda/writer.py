@@ -7,7 +7,7 @@ chain down to its buffer, turning an index into the view into an offset into the
 
 Generated identifiers come from positions only: a kernel's values, accumulators and temporaries
 are numbered by a ``Namer`` as they are emitted, buffers by their place in the schedule
-(cuda_step.py). Node ids depend on what the process built before, and the disk cache is keyed by
+(cuda/step.py). Node ids depend on what the process built before, and the disk cache is keyed by
 the source: an id in a name would make the same model miss the cache in the next process."""
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from math import prod
 
 import numpy as np
 
-from ..ir import Node
-from ..passes.fusion import Kernel, base_of
-from .cuda_math import device_name
-from .lowering import ScalarLowering, describe, literal, peel
-from .source import Source, comment
+from ...ir import Node
+from ...passes.fusion import Kernel, base_of
+from ..common.lowering import ScalarLowering, describe, literal, peel
+from ..common.source import Source, comment
+from .mathfns import device_name
 
 
 def dim(d) -> str:

@@ -15,10 +15,10 @@ from math import prod
 
 import numpy as np
 
-from ..ir import Node
-from ..passes.fusion import base_of
-from ..program import Program
-from ..shapes import Form, form, form_mul, linear_form, size
+from ...ir import Node
+from ...passes.fusion import base_of
+from ...program import Program
+from ...shapes import Form, form, form_mul, linear_form, size
 
 
 def freeze(f: Form | int | str) -> tuple:

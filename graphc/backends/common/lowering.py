@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import fmt_site
-from ..ir import Node
-from ..passes.fusion import base_of
+from ...errors import fmt_site
+from ...ir import Node
+from ...passes.fusion import base_of
 from .source import comment
 
 

@@ -25,7 +25,7 @@ import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 
-from ..errors import GraphcError
+from ...errors import GraphcError
 
 _lock = threading.RLock()
 _state: dict = {}

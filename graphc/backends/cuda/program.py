@@ -13,7 +13,7 @@ when they are device arrays; outputs come back as NumPy arrays, or stay on the d
 numba-cuda is in maintenance mode, so everything this backend asks of it sits here and in the
 generated module: ``device_api`` (availability), ``to_device``, ``device_array``,
 ``copy_to_host``/``copy_to_device``, ``as_cuda_array``, ``pinned_array`` (host buffers of
-all-reduces, cuda_step.py), and the kernel surface listed in cuda_codegen.py.
+all-reduces, cuda/step.py), and the kernel surface listed in cuda/kernels.py.
 """
 from __future__ import annotations
 
@@ -24,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from .. import mpi
-from ..atomic import held_signals
-from ..errors import GraphcError, InputError, fmt_site
-from ..ir import Node, _ParamStore
-from ..passes.fusion import base_of
-from ..program import Program
-from ..shapes import fmt_shape, resolve
-from . import diskcache
-from .reference import evaluate
+from ... import mpi
+from ...atomic import held_signals
+from ...errors import GraphcError, InputError, fmt_site
+from ...ir import Node, _ParamStore
+from ...passes.fusion import base_of
+from ...program import Program
+from ...shapes import fmt_shape, resolve
+from ..common import diskcache
+from ..common.evaluate import evaluate
 
 SIM_HINT = ("To run the CUDA kernels on the CPU instead (slow; for tests and CI), set NUMBA_ENABLE_CUDASIM=1 "
             "before numba is first imported.")
@@ -116,7 +116,8 @@ class CudaProgram:
     def __init__(self, program: Program, inputs: list[Node], device_arrays: bool = False):
         t0 = time.perf_counter()
         self.cuda = device_api()
-        from . import cuda_math, cuda_step  # importing them imports numba.cuda
+        from . import mathfns as cuda_math  # importing them imports numba.cuda
+        from . import step as cuda_step
 
         self.program, self.inputs, self.device_arrays = program, inputs, device_arrays
         self.simulator = cuda_math.SIMULATOR
@@ -261,7 +262,7 @@ def kernel_ptx(program: Program, inputs: list[Node], cc: tuple[int, int] = (9, 0
     import numba.cuda.dispatcher as dispatcher
     from numba import cuda
 
-    from . import cuda_step
+    from . import step as cuda_step
 
     source, writer = cuda_step.generate(program, inputs)
     module, _ = diskcache.load_module(source, salt="ptx")

@@ -1,7 +1,7 @@
 """The CPU backend: a step is a plan of calls to library kernels, run by one native call.
 
 Cold, the program (passes, fusion, memory plan) is laid out in flat buffers (``layout.py``) and
-each kernel is written over raw pointers (``loops.py``); kernels come from the kernel library
+each kernel is written over raw pointers (``cpu/kernels.py``); kernels come from the kernel library
 (``library.py``: compiled once per structure, shared by every model and process). The result
 is a *step spec*: kernel keys, one argument block per call (sizes, strides and offsets as forms
 in the symbolic dims), the arena and workspace layout and the outputs. It is stored under a hash
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import mpi
-from .._version import __version__
-from ..errors import GraphcError
-from ..shapes import resolve
+from ... import mpi
+from ..._version import __version__
+from ...errors import GraphcError
+from ...shapes import resolve
 from . import library, native
-from .steps import (
+from .step import (
     SPEC_FORMAT,
     StepBuilder,
     base_label,
@@ -53,7 +53,7 @@ PARALLEL_MIN = 8_000_000
 def graphc_hash() -> str:
     """Hash of graphc's own sources: a cached step is only valid for the compiler that wrote it."""
     if not _HASH:
-        root = Path(__file__).resolve().parents[1]
+        root = Path(__file__).resolve().parents[2]  # graphc itself
         h = hashlib.sha256(__version__.encode())
         for f in sorted(root.rglob("*.py")):
             h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
@@ -393,7 +393,7 @@ def _jit_disabled() -> bool:
 
 def _step_key(fn) -> str:
     """The step's cache key: the graph before passes, the compiler, the kernel toolchain."""
-    from ..graph import structure_key
+    from ...graph import structure_key
     ups = {p.id: k for k, p in enumerate(fn.all_params)}
     extra = repr(("cpu", SPEC_FORMAT, fn.optimize, len(fn.outputs), [ups[p.id] for p, _ in fn.updates],
                   graphc_hash(), library.kernel_key("")))

@@ -1,6 +1,6 @@
 """The kernel library: each kernel body compiled once, by its structure, and kept on disk.
 
-A kernel's source (``loops.py``) holds only structure, so its hash names it: step and
+A kernel's source (``cpu/kernels.py``) holds only structure, so its hash names it: step and
 predict, every layer with the same shape of code, and every model in every process share one
 compiled kernel. ``<cache>/kernels/k_<key>.py`` is the source Numba compiles (a C-ABI
 ``cfunc``); ``k_<key>.o`` is the object code graphc keeps, behind a header with its symbol,
@@ -22,8 +22,9 @@ import time
 import warnings
 from pathlib import Path
 
-from ..errors import GraphcError
-from . import diskcache, native
+from ...errors import GraphcError
+from ..common import diskcache
+from . import native
 
 HERE = Path(__file__).resolve().parent
 FORMAT = "graphc-kernel-1"
@@ -33,12 +34,12 @@ FORMAT = "graphc-kernel-1"
 FASTMATH = ("reassoc", "contract")
 WORKER_MIN = 6            # new kernels before a worker process is worth its start
 HEADER = """\
-# graphc kernel library entry: one kernel, compiled by Numba as a C function (see cpu_abi.py).
+# graphc kernel library entry: one kernel, compiled by Numba as a C function (see cpu/abi.py).
 import numpy as np  # noqa: F401
 from numba import prange  # noqa: F401
 
-from graphc.backends.cpu_abi import JIT as _ABI
-from graphc.backends.cpu_math import *  # noqa: F403 - the g* scalar functions of the ops' templates
+from graphc.backends.cpu.abi import JIT as _ABI
+from graphc.backends.cpu.mathfns import *  # noqa: F403 - the g* scalar functions of the ops' templates
 
 globals().update(_ABI)
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
@@ -67,7 +68,7 @@ def _salt() -> str:
             nb = version("numba")
         except Exception:  # numba is a dependency; a broken install still compiles nothing stale
             nb = "?"
-        runtime = b"".join((HERE / f).read_bytes() for f in ("cpu_math.py", "cpu_abi.py"))
+        runtime = b"".join((HERE / f).read_bytes() for f in ("mathfns.py", "abi.py"))
         _state["salt"] = "\0".join([FORMAT, nb, llvmlite.__version__, hashlib.sha256(runtime).hexdigest(),
                                     native.machine_key(), HEADER, repr(FASTMATH)])
     return _state["salt"]
@@ -86,7 +87,7 @@ def function_name(key: str) -> str:
 
 
 def named(source: str, key: str) -> str:
-    from .loops import KERNEL
+    from .kernels import KERNEL
     return source.replace(f"def {KERNEL}(", f"def {function_name(key)}(", 1)
 
 

@@ -1,6 +1,6 @@
 """CUDA kernel source for one kernel of the fused schedule: a ``numba.cuda`` kernel.
 
-Arrays are flat device buffers and views are index arithmetic (cuda_writer.py). Kinds:
+Arrays are flat device buffers and views are index arithmetic (cuda/writer.py). Kinds:
 - loop: a grid-stride loop over the flat domain, one element per iteration;
 - reduce, "rows": one thread per kept index loops over the reduced axes (short rows, and
   reductions over leading axes such as a bias gradient, where neighbouring threads read
@@ -14,7 +14,7 @@ Arrays are flat device buffers and views are index arithmetic (cuda_writer.py). 
 - take, concatenate, unslice: grid-stride gathers; scatter_add: a zero fill, then atomic adds.
 The numba-cuda surface is kept small (numba-cuda is in maintenance mode): cuda.jit, cuda.grid,
 cuda.gridsize, threadIdx/blockIdx/blockDim/gridDim, static cuda.shared.array, cuda.syncthreads,
-cuda.atomic.add, and the scalar functions of cuda_math.py. Generated code avoids what only the
+cuda.atomic.add, and the scalar functions of cuda/mathfns.py. Generated code avoids what only the
 simulator accepts: dicts, comprehensions, try, run-time-sized shared arrays, more than 48 KB of
 shared memory, more than 1024 threads per block.
 """
@@ -25,12 +25,12 @@ from math import prod
 
 import numpy as np
 
-from ..ir import Node
-from ..ops.cumulative import COMBINE
-from ..passes.fusion import Kernel, base_of
-from .cuda_math import device_name
-from .cuda_writer import KernelCode, KernelWriter
-from .lowering import describe, literal, peel
+from ...ir import Node
+from ...ops.cumulative import COMBINE
+from ...passes.fusion import Kernel, base_of
+from ..common.lowering import describe, literal, peel
+from .mathfns import device_name
+from .writer import KernelCode, KernelWriter
 
 TPB = 256          # threads per block of grid-stride loops
 BLOCK = 256        # threads (and shared slots) per block of a reduction

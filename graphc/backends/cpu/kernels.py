@@ -1,6 +1,6 @@
 """Loop-nest code generation for one CPU kernel, over raw pointers and strides.
 
-A kernel is ``def KERNEL(A, B)`` (the C ABI of ``cpu_abi.py``): its prologue reads sizes,
+A kernel is ``def KERNEL(A, B)`` (the C ABI of ``cpu/abi.py``): its prologue reads sizes,
 strides, offsets and scalars from the argument block ``A`` and makes typed pointers into the
 step's bases ``B``. Nothing in the source depends on sizes, offsets or constants, only on
 structure (ops, dtypes, ranks, which strides are 0 or 1, which values are equal), so one
@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ir import Node
-from ..ops.cumulative import COMBINE
-from ..passes.fusion import Kernel, base_of
-from ..shapes import form_mul, size
+from ...ir import Node
+from ...ops.cumulative import COMBINE
+from ...passes.fusion import Kernel, base_of
+from ...shapes import form_mul, size
+from ..common.lowering import ScalarLowering, describe, literal, peel
+from ..common.source import Source
 from .layout import ONE, ZERO, Layout, Scratch, View, freeze, scalar_constant
-from .lowering import ScalarLowering, describe, literal, peel
-from .source import Source
 
 CHUNK = 4096  # float32 sums add blocks of this many terms: error ~(CHUNK + n/CHUNK) ulp, not n
 KERNEL = "KERNEL"  # the function's name in a structural source; the library names it by its hash
@@ -604,7 +604,7 @@ def collapse(src: View, dst: View) -> tuple[View, View]:
     """The same copy over fewer axes: unit axes dropped, and neighbours merged where both views
     step through them as one (a contiguous copy is one loop). Fewer shapes of copy kernel, so
     fewer to compile: a loop's carries and outputs are copies of every rank."""
-    from ..shapes import form
+    from ...shapes import form
     axes = [a for a, d in enumerate(src.shape) if d != 1]
     shape = [src.shape[a] for a in axes]
     st = [[s.strides[a] for a in axes] for s in (src, dst)]

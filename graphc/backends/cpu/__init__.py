@@ -1,0 +1,1 @@
+"""The CPU backend: the step layout, kernels written over raw pointers, the kernel library, the native driver."""

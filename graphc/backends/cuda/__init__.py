@@ -1,0 +1,1 @@
+"""The CUDA backend: numba.cuda kernels and the host step that launches them."""
