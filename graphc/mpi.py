@@ -115,6 +115,14 @@ class Pending:
             self.req = c.Iallreduce(MPI.IN_PLACE if same else src, out, op=_mpi_op(op))
         _count(time.perf_counter() - self.t0, calls=0)
 
+    def progress(self) -> None:
+        """Let MPI move the message on (Open MPI progresses a non-blocking collective only inside
+        MPI calls): a test, called between kernels while the all-reduce is in flight."""
+        if self.req is not None:
+            t = time.perf_counter()
+            self.req.Test()
+            _count(time.perf_counter() - t, calls=0)
+
     def wait(self) -> None:
         t = time.perf_counter()
         if self.req is not None:

@@ -258,13 +258,20 @@ class CpuProgram:
         arrays, B, pending, at, busy = tuple(args + outs), self._flat_bases(pl, args, outs), {}, 0, 0.0
         clock = time.perf_counter
         for pos, action in pl.hosts:
-            if pos > at:
+            while pos > at:
+                # while an all-reduce is in flight, kernels run one call at a time with a progress
+                # test between them: MPI moves the message on only inside MPI calls
+                stop = at + 1 if pending else pos
                 t = clock()
-                self._run(pl.addr, arrays, at, pos)
+                self._run(pl.addr, arrays, at, stop)
                 busy += clock() - t
-                at = pos
+                at = stop
                 if self.errors[0]:
                     break
+                for p in pending.values():
+                    p.progress()
+            if self.errors[0]:
+                break
             action(B, pending)
         else:
             if at < pl.n_calls:
