@@ -177,6 +177,28 @@ def test_params_stay_on_the_device_and_value_syncs_on_read():
 
 
 @needs_cuda
+def test_params_are_slices_of_one_arena_that_move_between_functions():
+    """A program lays its params out as the CPU does (common/layout.py): one device array per dtype,
+    each param a slice of it. Two steps that update different params (so different layouts) take
+    turns; each moves the params it shares with the other into its own arena, on the device."""
+    res = {}
+    for target in ("numpy", "cuda"):
+        x, y, logits, loss, params, updates = mlp()
+        both = gc.function([x, y], loss, updates=updates, target=target)
+        last = gc.function([x, y], loss, updates=[(p, p - 0.05 * g) for p, g in zip(params[2:], gc.grad(loss, params[2:]))],
+                           target=target)
+        for j in range(4):
+            (both if j % 2 == 0 else last)(XV[4 * j:4 * j + 4], YV[4 * j:4 * j + 4])
+        res[target] = [p.value.copy() for p in params]
+        if target == "cuda":
+            prog = both._program
+            assert len(prog.arenas) == 1 and prog.arenas[0].size == sum(p.value.size for p in prog.params)
+            assert "P_float32[0:48]  # param 0: float32(8, 6)" in both.source
+    for a, b in zip(res["cuda"], res["numpy"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
 def test_update_read_by_every_thread_is_not_written_in_place():
     """A step counter read by every element's update: written in place it would race (t += 1 per thread)."""
     res = {}

@@ -22,9 +22,9 @@ from ...ir import Node
 from ...ops.cumulative import COMBINE
 from ...passes.fusion import Kernel, base_of
 from ...shapes import form_mul, size
+from ..common.layout import ONE, ZERO, Layout, Scratch, View, freeze, scalar_constant
 from ..common.lowering import ScalarLowering, describe, literal, peel
 from ..common.source import Source
-from .layout import ONE, ZERO, Layout, Scratch, View, freeze, scalar_constant
 
 CHUNK = 4096  # float32 sums add blocks of this many terms: error ~(CHUNK + n/CHUNK) ulp, not n
 KERNEL = "KERNEL"  # the function's name in a structural source; the library names it by its hash

@@ -21,11 +21,11 @@ from ...ir import Node
 from ...passes.fusion import base_of
 from ...program import Program
 from ...shapes import fmt_shape, form, form_mul, form_text, size
+from ..common.layout import ZERO, Layout, Scratch, View, c_strides, commit_plan, fadd, step_view
 from ..common.lowering import describe
 from ..common.source import Source, comment
 from . import library
 from .kernels import KernelCode, copy_code, kernel_code
-from .layout import ZERO, Layout, Scratch, View, c_strides, fadd, step_view
 
 SYMBOLIC_GUESS = 256    # a symbolic dim's size when judging whether BLAS needs threads
 BLAS_THREADED_FLOPS = 1 << 22  # smaller matmuls run on one thread whatever the setting
@@ -307,19 +307,18 @@ class StepBuilder:
     def commits(self, final: Scratch) -> None:
         """Updates not written in place, copied into their params at the end of the step;
         values that are params another update overwrites are staged first (so swaps work)."""
-        prog, layout = self.prog, self.layout
-        copies = [(p, e) for p, e in prog.updates if e.id not in prog.memory.inplace]
-        targets = {p.id for p, _ in copies}
+        layout = self.layout
+        copies = commit_plan(self.prog)
         staged = {}
-        for p, e in copies:
-            if base_of(e)[0].id in targets:
+        for p, e, stage in copies:
+            if stage:
                 src = self.view(e, final)
                 tmp = final.take(e.dtype.name, tuple(e.shape), layout.ws_end)
                 self.add(copy_code(src, tmp, "a staged update"), None,
                          [f"stage the update of param {self.pos[p.id]}: it reads a param another update overwrites"],
                          final)
                 staged[p.id] = tmp
-        for p, e in copies:
+        for p, e, _ in copies:
             src = staged.get(p.id) or self.view(e, final)
             self.add(copy_code(src, layout.buffer(p), "an update"), None,
                      [f"update of param {self.pos[p.id]} ({describe(e)})"], final)

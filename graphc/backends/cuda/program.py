@@ -1,12 +1,15 @@
 """target="cuda": the step on an NVIDIA GPU through numba-cuda, or on Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1`` set before numba is imported; slow, for tests).
 
-Params and optimizer state live on the device between calls. Each param's store keeps one
-device copy, shared by every CUDA function that uses the param (a training step and an eval
-function read the same weights without a copy), and a host copy synchronised lazily:
-``W.value`` downloads the device copy when a step has changed it, and a value that was set, or
-handed out by ``W.value`` (the caller may write into it, as with the CPU target), is uploaded
-before the next step. Inputs are copied to the device once per call, or used where they lie
+Memory follows the CPU's layout (common/layout.py): a program allocates one device array per
+param dtype (the arena) and, per set of dims, one per workspace dtype; the generated ``params``
+and ``buffers`` slice every param and buffer out of them at the layout's offsets. Params and
+optimizer state live on the device between calls. Each param's store keeps one device copy, a
+slice of the arena of the program that ran last (a training step and an eval function share it:
+the other one's first step after a switch moves the value into its own arena, on the device),
+and a host copy synchronised lazily: ``W.value`` downloads the device copy when a step has
+changed it, and a value that was set, or handed out by ``W.value`` (the caller may write into it,
+as with the CPU target), is uploaded before the next step. Inputs are copied to the device once per call, or used where they lie
 when they are device arrays; outputs come back as NumPy arrays, or stay on the device with
 ``device_arrays=True``. Function validates every argument before ``run``.
 
@@ -30,7 +33,7 @@ from ...errors import GraphcError, InputError, fmt_site
 from ...ir import Node, _ParamStore
 from ...passes.fusion import base_of
 from ...program import Program
-from ...shapes import fmt_shape, resolve
+from ...shapes import fmt_shape, form_eval, resolve
 from ..common import diskcache
 from ..common.evaluate import evaluate
 
@@ -89,6 +92,16 @@ class DeviceParamStore(_ParamStore):
     def value(self, new: np.ndarray) -> None:
         self._host, self._host_stale, self._dev_stale = new, False, True
 
+    def bind(self, view, cuda: types.ModuleType):
+        """Keep the device copy in ``view``, this param's slice of a program's arena: a value on the
+        device in another program's arena is copied over (device to device), a newer host copy is
+        uploaded. Returns ``view``."""
+        if self._dev is not view:
+            if self._dev is not None and not self._dev_stale and view.size:
+                view.copy_to_device(self._dev[:view.size])
+            self._dev = view
+        return self.device(cuda)
+
     def device(self, cuda: types.ModuleType):
         """The flat device copy, uploaded first if the host copy is newer."""
         if self._dev is None:
@@ -123,13 +136,13 @@ class CudaProgram:
         self.simulator = cuda_math.SIMULATOR
         self.source, self.writer = cuda_step.generate(program, inputs)
         self.module, self.cache_hit = diskcache.load_module(self.source, salt=cuda_math.SOURCE_HASH)
-        self.params = self.writer.params
-        for p in self.params:
-            _store(p).device(self.cuda)
+        self.params, layout = self.writer.params, self.writer.layout
+        self.arenas = tuple(self.cuda.device_array(max(layout.arena_size[dt], 1), dt) for dt in layout.param_dtypes)
+        self.param_views = self.module.params(*self.arenas)  # each param's slice of its arena
+        for p, view in zip(self.params, self.param_views):
+            _store(p).bind(view, self.cuda)
         self.consts = tuple(self.cuda.to_device(np.ascontiguousarray(c.attrs["value"]).reshape(-1))
                             for c in self.writer.consts)
-        self.staged = tuple(self.cuda.device_array(max(int(np.prod(p.shape)), 1), p.dtype) for p, _ in self.writer.staged)
-        self.scratch = tuple(self.cuda.to_device(np.zeros(n, dt)) for dt, n in self.writer.scratch)
         self.errors = self.cuda.to_device(np.zeros(2, np.int64))  # a failed index check: (its number, the index)
         self._workspaces: dict[tuple, tuple] = {}
         self._inputs: dict[tuple, Any] = {}
@@ -161,10 +174,8 @@ class CudaProgram:
     def _workspace(self, key: tuple, env: dict) -> tuple:
         ws = self._workspaces.get(key)
         if ws is None:
-            totals = {dt: 0 for dt in self.writer.ws_dtypes}
-            for sz, dt in self.writer.slots:  # the memory plan's slots, then loops' own buffers
-                totals[dt.name] += int(np.prod(resolve((sz,), env)))
-            slabs = [self.cuda.device_array(max(totals[dt], 1), dt) for dt in self.writer.ws_dtypes]
+            ends = self.writer.layout.ws_end  # the memory plan's slots, then loops' own buffers and staged updates
+            slabs = [self.cuda.device_array(max(form_eval(ends.get(dt, {}), env), 1), dt) for dt in self.writer.ws_dtypes]
             ws = (self.module.buffers(*slabs, *key), self._staging(env))
             self._workspaces[key] = ws
         return ws
@@ -177,14 +188,14 @@ class CudaProgram:
     # -- one step ----------------------------------------------------------------------------
     def run(self, arrays: list, env: dict) -> list:
         key = tuple(env[d] for d in self.writer.dims)
-        P = tuple(_store(p).device(self.cuda) for p in self.params)
+        P = tuple(_store(p).bind(view, self.cuda) for p, view in zip(self.params, self.param_views))
         B, X = self._workspace(key, env)
         if self.device_arrays:  # the caller keeps the results: fresh arrays every call
             X = self._staging(env)
         ins = tuple(self._input(j, a) for j, a in enumerate(arrays))
         try:
             with held_signals():  # the step launches kernels and update copies from Python: all or none
-                res = self.module.step(B, X, P, self.consts, ins, self.staged, self.scratch, self.errors, *key)
+                res = self.module.step(B, X, P, self.consts, ins, self.errors, *key)
         except self.module.IndexOutOfRange:
             j, value = (int(v) for v in self.errors.copy_to_host())
             self.errors.copy_to_device(np.zeros(2, np.int64))

@@ -1,6 +1,10 @@
 """The generated CUDA module: one ``numba.cuda`` kernel per kernel of the program, plus
-``buffers`` (slices the workspace once per set of dims) and ``step`` (launches the kernels
-in order). ``step`` is plain Python: a kernel launch is a Python call either way, and a
+``params`` (slices each param out of its dtype's arena, once), ``buffers`` (slices the
+workspace once per set of dims) and ``step`` (launches the kernels in order). Where things
+live is the CPU's layout (common/layout.py): params at their arena offsets, the memory plan's
+slots at theirs, and past them, placed in the order they are met, what only this backend
+needs: loops' carries and contiguous copies, loop bodies' slots, staged updates, the grid
+reductions' scratch. ``step`` is plain Python: a kernel launch is a Python call either way, and a
 plain function keeps the module readable and the launches easy to time one by one.
 
 A ``scan`` is a host loop in ``step``: ``for t in range(T)`` launches the kernels of the loop
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from ..._version import __version__
 from ...errors import GraphcError, fmt_site
 from ...graph import toposort
@@ -29,6 +35,7 @@ from ...ir import Node
 from ...passes.fusion import Kernel, base_of
 from ...program import Program
 from ...shapes import fmt_shape, linear_form, size
+from ..common.layout import Layout, commit_plan, fadd
 from ..common.lowering import describe
 from ..common.source import Source, comment
 from . import mathfns as cuda_math
@@ -37,8 +44,9 @@ from .writer import KernelCode, _paren, dim, numel
 
 HEADER = '''\
 # graphc {version}: one training step for NVIDIA GPUs, compiled with numba.cuda.
-# Every array is a flat device buffer; views are index arithmetic inside the kernels.
-# `buffers` slices the workspace once per set of dims; `step` launches the kernels in order.
+# Every array is a flat slice of a device array per dtype (params' arena, the workspace); views are
+# index arithmetic inside the kernels. `params` slices the arenas once, `buffers` the workspace once
+# per set of dims; `step` launches the kernels in order.
 # A scan is a loop in `step` launching its body's kernels, generated once whatever the number of steps.
 import numpy as np
 from numba import cuda
@@ -216,9 +224,11 @@ class StepWriter:
                        if not _owned(prog.memory.buffers[e_id].node, prog.kernels[prog.memory.buffers[e_id].first])]
         for j, (_, e) in enumerate(self.staged):
             self.names[e.id] = f"U{j}"
-        # the workspace: the memory plan's slots, then each loop's (its body's slots, carries, copies)
-        self.slots: list[tuple] = list(prog.memory.slots)   # (size, dtype)
-        self.entries: list[tuple] = []                      # (name, slot, size, note): what `buffers` returns
+        # The layout (common/layout.py, the CPU's): params in one arena per dtype; the workspace, one
+        # array per dtype: the memory plan's slots, then each loop's own (its body's slots, carries,
+        # copies) and the staged updates, placed past them as they are met.
+        self.layout = Layout(prog, inputs, self.params)
+        self.entries: list[tuple] = []  # (name, offset form, size, dtype, note): what `buffers` returns
         for b in in_order(prog):
             if b.node.id in self.names:
                 continue
@@ -226,7 +236,8 @@ class StepWriter:
                 self.names[b.node.id] = self.names[prog.memory.inplace[b.node.id].id]
             else:
                 self.names[b.node.id] = name = f"b{len(self.entries)}"
-                self.entries.append((name, b.slot, size(b.node.shape), f"{b.node.op.name} {b.node.shape}"))
+                self.entries.append((name, self.layout.slot_at[b.slot], size(b.node.shape), b.node.dtype.name,
+                                     f"{b.node.op.name} {b.node.shape}"))
         n_out = prog.n_outputs
         # outputs: "direct" (a workspace buffer, read after the step), "gather" (a copy kernel into X<j>,
         # run before updates overwrite params), or "host" (constants: no kernel at all)
@@ -261,25 +272,31 @@ class StepWriter:
             run.lines[self.check_at:self.check_at] = stop.lines
         gathers = [(j, copy_code(o, f"out{j}_copy", f"output {j}"))
                    for j, (how, o) in enumerate(self.outputs) if how == "gather"]
-        copies = [(p, e) for p, e in prog.updates if e.id not in prog.memory.inplace] + self.staged
-        staged, targets = {e.id for _, e in self.staged}, {p.id for p, _ in copies}
+        # the CPU's commit plan (common/layout.py), then the in-place updates that race, written to U<j>
+        copies = commit_plan(prog) + [(p, e, False) for p, e in self.staged]
+        staged = {e.id for _, e in self.staged}
         update_codes = []  # (param, value, copy kernel or None for a flat copy, U<j> it is saved in first)
-        for j, (p, e) in enumerate(copies):
+        for j, (p, e, stage) in enumerate(copies):
             if (base_of(e)[0].id in prog.memory.buffers and _contiguous(e)) or e.id in staged:
                 update_codes.append((p, e, None, None))
                 continue
             code = copy_code(e, f"update{j}_copy", f"update of {self.names[p.id]}")  # (param names may hold counters)
-            if base_of(e)[0].id in targets:  # reads a param that another copy overwrites (a swap): save it first
+            if stage:  # reads a param that another copy overwrites (a swap): save it first
                 self.staged.append((p, e))
-            update_codes.append((p, e, code, f"U{len(self.staged) - 1}" if base_of(e)[0].id in targets else None))
+            update_codes.append((p, e, code, f"U{len(self.staged) - 1}" if stage else None))
+        for j, (p, _) in enumerate(self.staged):
+            self.aux(f"U{j}", p.shape, p.dtype, f"the update of {self.names[p.id]}, staged")
         self.codes += [c for _, c in gathers] + [c for _, _, c, _ in update_codes if c]
         self.scratch = [sc for c in self.codes for sc in c.scratch]  # (dtype, size), named S0, S1, ... in order
-        self.ws_dtypes = sorted({dt.name for _, dt in self.slots})
+        owner = [c.name for c in self.codes for _ in c.scratch]
+        for j, (dt, n) in enumerate(self.scratch):  # zeroed once per workspace, left zero by their kernels
+            self.aux(f"S{j}", (n,), dt, f"scratch of {owner[j]} (a grid reduction's partials or ticket), zeroed")
+        self.ws_dtypes = self.layout.ws_dtypes
         math = ", ".join(n for n in cuda_math.__all__ if n[0] == "g")
         text = [HEADER.format(version=__version__, math=math, cache=not cuda_math.SIMULATOR, tpb=TPB)]
         text += [COLLECTIVES] if self.hosts else []
         text += [c.source for c in self.codes]
-        text += [self.buffers(), self.step(run, gathers, update_codes)]
+        text += [self.param_views(), self.buffers(), self.step(run, gathers, update_codes)]
         return "\n\n".join(text)
 
     # -- the kernels of a program, loops included ---------------------------------------------------
@@ -343,9 +360,10 @@ class StepWriter:
         return code
 
     def aux(self, name: str, shape: tuple, dtype, note: str) -> str:
-        """A workspace buffer of a loop's own (a carry, a contiguous copy), in a slot of its own."""
-        self.slots.append((size(shape), dtype))
-        self.entries.append((name, len(self.slots) - 1, size(shape), note))
+        """A workspace buffer of its own (a loop's carry, a contiguous copy, a staged update), placed
+        past everything before it."""
+        dt = np.dtype(dtype).name
+        self.entries.append((name, self.layout.extra_slot(size(shape), dt), size(shape), dt, note))
         return name
 
     def fill(self, v: Node, dst: str, names: dict, s: Source, tag: str, note: str) -> None:
@@ -419,11 +437,10 @@ class StepWriter:
                 own.add(base_of(y)[0].id)
             else:
                 late.append((y, ys[j], f"{path}_y{j}", f"y {j}"))
-        base = len(self.slots)
-        self.slots += mem.slots
+        at = [self.layout.extra_slot(sz, dt.name) for sz, dt in mem.slots]  # the body's memory plan, past the rest
         for j, b in enumerate(b for b in in_order(bprog) if b.node.id not in own):
             bnames[b.node.id] = f"b{path}_{j}"
-            self.entries.append((bnames[b.node.id], base + b.slot, size(b.node.shape),
+            self.entries.append((bnames[b.node.id], at[b.slot], size(b.node.shape), b.node.dtype.name,
                                  f"{b.node.op.name} {b.node.shape}, in the body of kernel {_dotted(path)}"))
         t = f"t{path}"
         with s.block(f"for {t} in range({T}):"):
@@ -448,22 +465,29 @@ class StepWriter:
                 s(f"copy[launch({n})]({n}, {cur[j]}, {names[outs[j].id]})  # final carry {j}")
 
     # -- the module's functions --------------------------------------------------------------------
+    def param_views(self) -> str:
+        s = Source()
+        with s.block(f"def params({', '.join(f'P_{d}' for d in self.layout.param_dtypes)}):"):
+            s('"""Each param\'s slice of its arena (one device array per dtype) at the layout\'s offsets."""')
+            for j, p in enumerate(self.params):
+                dt, off = self.layout.param_at[p.id]
+                s(f"p{j} = P_{dt}[{off}:{off + size(p.shape)}]  # param {j}: {dt}{tuple(p.shape)}")
+            s(f"return ({''.join(f'p{j}, ' for j in range(len(self.params)))})")
+        return s.text()
+
     def buffers(self) -> str:
         s = Source()
         args = [f"W_{d}" for d in self.ws_dtypes] + [f"d_{_ident(d)}" for d in self.dims]
         with s.block(f"def buffers({', '.join(args)}):"):
             hosts = ", then host buffers of the all-reduces" if self.hosts else ""
-            s(f'"""Workspace slots of the memory plan (buffers of disjoint lifetimes share one){hosts}."""')
-            slot_off, cursor = {}, {}
-            for j, (sz, dt) in enumerate(self.slots):
-                start = cursor.get(dt.name, Counter())
-                slot_off[j] = start
-                cursor[dt.name] = start + linear_form(sz)
+            s(f'"""Each buffer\'s slice of its workspace (one device array per dtype) at the layout\'s offsets; '
+              f'buffers of disjoint lifetimes share a slot{hosts}."""')
             names = []
-            for name, slot, sz, note in self.entries:
-                off, dt = slot_off[slot], self.slots[slot][1]
-                s(f"{name} = W_{dt.name}[{_linear(off)}:{_linear(off + linear_form(sz))}]  # {comment(note)}")
+            for name, off, sz, dt, note in self.entries:
+                s(f"{name} = W_{dt}[{_linear(off)}:{_linear(fadd(off, linear_form(sz)))}]  # {comment(note)}")
                 names.append(name)
+            for j, (_, n) in enumerate(self.scratch):
+                s(f"fill0[launch({n})]({n}, S{j})")
             for name, n, dt, note in self.hosts:
                 s(f"{name} = host_buffer({n}, np.{dt.name})  # {note}")
                 names.append(name)
@@ -473,15 +497,14 @@ class StepWriter:
 
     def step(self, run: Source, gathers, update_codes) -> str:
         prog, s = self.prog, Source()
-        args = ["B", "X", "P", "K", "I", "U", "S", "E"] + [f"d_{_ident(d)}" for d in self.dims]
+        args = ["B", "X", "P", "K", "I", "E"] + [f"d_{_ident(d)}" for d in self.dims]
         with s.block(f"def step({', '.join(args)}):"):
             s(f'"""The whole step: {len(prog.kernels)} kernels."""')
             for j, x in enumerate(self.inputs):
                 s(f"# in{j}: input {comment(x.name)} {x.dtype.name}{tuple(x.shape)}")
             for tup, names in (("B", self.buffer_names), ("P", [self.names[p.id] for p in self.params]),
                                ("K", [self.names[c.id] for c in self.consts]), ("I", [self.names[x.id] for x in self.inputs]),
-                               ("X", [f"X{j}" for j, _ in gathers]), ("U", [f"U{j}" for j in range(len(self.staged))]),
-                               ("S", [f"S{j}" for j in range(len(self.scratch))])):
+                               ("X", [f"X{j}" for j, _ in gathers])):
                 if names:
                     s(f"{''.join(f'{n}, ' for n in names)}= {tup}")
             s.lines += run.lines

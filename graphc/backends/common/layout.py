@@ -1,4 +1,6 @@
-"""Where every value of a step lives: flat buffers, element offsets and strides.
+"""Where every value of a step lives: flat buffers, element offsets and strides. Both step
+writers render this layout: the CPU's spec (cpu/step.py) and the CUDA module (cuda/step.py),
+which binds each param and workspace buffer as a slice of one device array per dtype.
 
 A step's memory is a few *bases*: one param arena per dtype, one workspace per dtype (the
 memory plan's slots, then per-call scratch), array constants, and per call the input and output
@@ -99,6 +101,7 @@ class Layout:
         self.input_index = {x.id: j for j, x in enumerate(inputs)}
         if parent is not None:
             self.param_dtypes, self.param_at, self.consts = parent.param_dtypes, parent.param_at, parent.consts
+            self.arena_size = parent.arena_size
         else:
             self.param_dtypes = sorted({p.dtype.name for p in params})
             self.param_at: dict[int, tuple[str, int]] = {}
@@ -106,6 +109,7 @@ class Layout:
             for p in params:
                 self.param_at[p.id] = (p.dtype.name, fill.get(p.dtype.name, 0))
                 fill[p.dtype.name] = fill.get(p.dtype.name, 0) + prod(p.shape)
+            self.arena_size: dict[str, int] = fill  # elements of each dtype's arena
             self.consts: list[Node] = []
         self.ws_dtypes = sorted({dt.name for _, dt in prog.memory.slots})
         self.slot_at: list[Form] = []
@@ -118,6 +122,14 @@ class Layout:
         for dt in self.ws_dtypes:
             self.root.need_ws(dt)
         self._views: dict[int, View | None] = {}
+
+    def extra_slot(self, sz, dtype: str) -> Form:
+        """The offset of a workspace slot of its own past the plan's (the CUDA step's loop carries,
+        contiguous copies, loop bodies' slots, staged updates); ``ws_end`` moves past it."""
+        start = form(dict(self.ws_end.get(dtype, {})))
+        self.ws_end[dtype] = fadd(start, linear_form(sz))
+        self.need_ws(dtype)
+        return start
 
     def need_ws(self, dtype: str) -> None:
         """A workspace of ``dtype`` exists (scratch may be the only thing in it)."""
@@ -227,6 +239,16 @@ def _reshape_strides(x: View, shape: tuple) -> tuple | None:
             stride = form_mul(stride, shape[new[t]])
         i, j = a, b
     return tuple(out)
+
+
+def commit_plan(prog: Program) -> list[tuple[Node, Node, bool]]:
+    """The updates not written in place, copied into their params at the end of the step, as
+    (param, value, staged): a value that reads a param another of these copies overwrites is
+    staged first, so swaps work. (A param updated in place is read by no commit: the memory plan
+    writes an update in place only when nothing reads its param after it.)"""
+    copies = [(p, e) for p, e in prog.updates if e.id not in prog.memory.inplace]
+    targets = {p.id for p, _ in copies}
+    return [(p, e, base_of(e)[0].id in targets) for p, e in copies]
 
 
 def scalar_constant(v: Node):
