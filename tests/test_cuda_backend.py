@@ -459,3 +459,17 @@ def test_output_that_is_a_broadcast_view_of_an_input():
     av, bv = np.random.default_rng(0).random((5, 2, 3)), np.random.default_rng(1).random(3)
     for got, want in zip(gc.function([a, b], outs, target="cuda")(av, bv), gc.function([a, b], outs)(av, bv)):
         np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@needs_cuda
+def test_views_are_the_layouts_strides():
+    """Kernels read a view as ``offset + sum(index * stride)`` from the shared layout (strides in the
+    symbolic dims); a reshape strides cannot express goes through a row-major index of its input."""
+    x, u = gc.input("x", ("batch", 3, 4)), gc.input("u", (3, "batch"))
+    outs = [gc.reshape(gc.transpose(x, (0, 2, 1)), ("batch", 12)) * 2.0, x[:, ::2, 1:3] + 1.0, u.T * 3.0]
+    f, ref = gc.function([x, u], outs, target="cuda"), gc.function([x, u], outs)
+    for b in (2, 5):
+        args = (RNG.standard_normal((b, 3, 4)).astype(np.float32), RNG.standard_normal((3, b)).astype(np.float32))
+        for got, want in zip(f(*args), ref(*args)):
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert "[1 + i0 * 12 + i1 * 8 + i2]" in f.source and "[i0 + i1 * d_batch]" in f.source

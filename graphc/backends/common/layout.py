@@ -187,6 +187,22 @@ class Layout:
         return res, copied
 
 
+def local_view(v: Node) -> tuple[View, Node | None]:
+    """``v`` as strides over the flat buffer of the value under its views, offset from that
+    buffer's start (``layout.view(v)`` less the buffer's own offset: the CUDA kernels take each
+    buffer as a slice). Past a reshape that strides cannot express, the view is over that
+    reshape's input in row-major order, returned as well (``x``: the caller unflattens its index
+    into ``x`` and goes on from there); else ``x`` is None."""
+    if not v.op.view:
+        return View(("node", v.id), ZERO, c_strides(v.shape), tuple(v.shape), v.dtype.name), None
+    x, under = local_view(v.inputs[0])
+    res = _apply(v, x)
+    if res is None:
+        flat = View(("node", v.inputs[0].id), ZERO, c_strides(x.shape), x.shape, x.dtype)
+        return _apply(v, flat), v.inputs[0]
+    return res, under
+
+
 def _apply(v: Node, x: View) -> View | None:
     """The view ``v`` (one view op) of ``x``; None if strides cannot express it."""
     op, shape, dt = v.op.name, tuple(v.shape), x.dtype

@@ -4,8 +4,8 @@ Within a kernel every value is a scalar expression at the current index of the k
 ``ScalarLowering`` writes it once for both backends: operands read from inside the kernel or from
 memory, the ops that are not a plain template (``one_hot``, ``pick``, ``iota``,
 ``random_uniform``), the op table's templates, and where a result goes in its own array. Each
-writer supplies the hooks: how an operand is loaded, its index variables, range checks, constants
-and its math module's names (``cpu/math`` and ``cuda/math`` implement the same ``g*`` functions).
+writer supplies the hooks: how an operand is loaded, its index variables, the error word of range
+checks, constants and its math module's names (``cpu/math`` and ``cuda/math`` implement the same ``g*`` functions).
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def peel(v: Node) -> Node:
 class ScalarLowering:
     """Mixin for kernel writers. Subclasses set ``inside`` (ids of the kernel's nodes) and
     ``domain`` (its shape), and define ``axis(a)`` (the index variable of domain axis ``a``),
-    ``load_operand(v, idx)``, ``checked(n, index)``, ``source_value(v)``, ``flat_index(n)``,
-    ``salt(n)`` and ``math(text, n)``."""
+    ``load_operand(v, idx)``, ``source_value(v)``, ``flat_index(n)``, ``salt(n)``, ``math(text, n)``
+    and the hooks of ``checked``."""
 
     inside: set
     domain: tuple
@@ -101,6 +101,26 @@ class ScalarLowering:
     def math(self, text: str, n: Node) -> str:
         """``text`` with the backend's names for the op table's math functions (default: as is)."""
         return text
+
+    # -- range checks ---------------------------------------------------------------------------
+    def checked(self, n: Node, index: str) -> str:
+        """``index``, range-checked when ``n``'s index is computed in the graph: out of range, the
+        kernel records the check's number and the value in the error word (the first failure is
+        the one reported), reads index 0 instead (nothing outside the buffers is touched), and the
+        step stops before it commits any update. Hooks: ``check_number(n)`` (None: not checked),
+        ``error_word()``, ``dim(d)``, ``fresh(prefix)`` and ``statements()`` (the Source)."""
+        number = self.check_number(n)
+        if number is None:
+            return index if index.replace("_", "").isalnum() else f"({index})"
+        err, s, var = self.error_word(), self.statements(), self.fresh("ix")
+        bound = self.dim(n.op.extra["index_bound"](n))
+        s(f"{var} = {index}  # the index of {n.op.name}")
+        with s.block(f"if {var} < 0 or {var} >= {bound}:"):
+            with s.block(f"if {err}[0] == 0:"):
+                s(f"{err}[0] = {number}")
+                s(f"{err}[1] = {var}")
+            s(f"{var} = 0")
+        return var
 
 
 __all__ = ["ScalarLowering", "literal", "describe", "peel"]

@@ -139,26 +139,26 @@ class KernelWriter:
     def loop(self, var: str, n: str, parallel: bool = False):
         return self.src.block(f"for {var} in {'prange' if parallel else 'range'}({n}):")
 
-    def checked(self, n: Node, index: str) -> str:
-        """``index``, range-checked when ``n``'s index is computed in the graph: out of range, the
-        kernel records which check failed and the value in the error word (``E``), reads index 0
-        instead (nothing outside the buffers is touched) and the driver stops after this call."""
+    # -- the hooks of ScalarLowering.checked ---------------------------------------------------
+    def check_number(self, n: Node) -> str | None:
+        """The number of ``n``'s check across the step (an ``A`` slot), if its index is computed in the graph."""
         if self.layout is None or n.id not in self.layout.prog.checked:
-            return _p(index)
+            return None
         ids = [m.id for m in self.checks]  # (not `in`: == on nodes builds a graph op)
         if n.id not in ids:
             self.checks.append(n)
             ids.append(n.id)
-        var = f"ix{self.nj}"
+        return self.slot(("check", ids.index(n.id)))
+
+    def error_word(self) -> str:
+        return self.ptr(View(("err", 0), ZERO, (), (), "int64"), "e")
+
+    def fresh(self, prefix: str) -> str:
         self.nj += 1
-        err = self.ptr(View(("err", 0), ZERO, (), (), "int64"), "e")
-        bound = self.dim(n.op.extra["index_bound"](n))
-        self.src(f"{var} = {index}  # the index of {n.op.name}")
-        with self.src.block(f"if {var} < 0 or {var} >= {bound}:"):
-            self.src(f"{err}[0] = {self.slot(('check', ids.index(n.id)))}")
-            self.src(f"{err}[1] = {var}")
-            self.src(f"{var} = 0")
-        return var
+        return f"{prefix}{self.nj - 1}"
+
+    def statements(self) -> Source:
+        return self.src
 
     def finish(self, doc: str) -> KernelCode:
         s = Source()

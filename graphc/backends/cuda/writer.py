@@ -1,9 +1,9 @@
 """Writing one CUDA kernel: its arguments, views as index arithmetic, and node values.
 
 Every array a kernel touches is a flat, contiguous buffer (a slice of the workspace, a param's
-device copy, an input, a constant). Views (reshape, transpose, broadcast, slice) become index
-arithmetic on the way to their buffer, so no view is ever materialized: ``offset`` walks a view
-chain down to its buffer, turning an index into the view into an offset into the buffer.
+device copy, an input, a constant). Views (reshape, transpose, broadcast, slice) are the shared
+layout's strides (common/layout.py), so no view is ever materialized: ``offset`` turns an index
+into a view into ``offset + sum(index * stride)`` in its buffer (forms in the ``d_<name>`` dims).
 
 Generated identifiers come from positions only: a kernel's values, accumulators and temporaries
 are numbered by a ``Namer`` as they are emitted, buffers by their place in the schedule
@@ -18,6 +18,7 @@ import numpy as np
 
 from ...ir import Node
 from ...passes.fusion import Kernel, base_of
+from ..common.layout import ONE, ZERO, local_view
 from ..common.lowering import ScalarLowering, describe, literal, peel
 from ..common.source import Source, comment
 from .mathfns import device_name
@@ -160,34 +161,30 @@ class KernelWriter(ScalarLowering):
             idx[live[0]] = q
         return idx
 
+    def form(self, f: tuple) -> str:
+        """A frozen form of the layout (an offset, a stride) as an expression over the ``d_<name>`` arguments."""
+        terms = []
+        for names, c in f:
+            self.shapes.extend((nm,) for nm in names)
+            text = " * ".join(([str(abs(c))] if abs(c) != 1 or not names else []) + [f"d_{nm}" for nm in names])
+            terms.append(("- " if c < 0 else "+ ") + text)
+        return " ".join(terms).removeprefix("+ ") or "0"
+
     def offset(self, v: Node, idx: list[str]) -> str:
-        """Offset into the flat buffer under ``v``'s views of the element at ``idx`` of ``v``."""
-        lin = None  # set while a reshape has folded the index into one offset
-        while v.op.view:
-            op = v.op.name
-            if op == "stop_gradient":
-                v = v.inputs[0]
-                continue
-            if op == "reshape":
-                lin = lin if lin is not None else self.linear(idx, v.shape)
-                v = v.inputs[0]
-                continue
-            if lin is not None:
-                idx, lin = self.unflatten(lin, v.shape), None
-            x = v.inputs[0]
-            if op == "broadcast_to":
-                lead = v.ndim - x.ndim
-                idx = ["0" if d == 1 else idx[j + lead] for j, d in enumerate(x.shape)]
-            elif op == "transpose":
-                new = ["0"] * x.ndim
-                for k, a in enumerate(v.attrs["axes"]):
-                    new[a] = idx[k]
-                idx = new
-            else:  # slice: start + step * i
-                idx = [i if t is None else (f"{t[0]} + {_paren(i)}" if t[2] == 1 else f"{t[0]} + {t[2]} * {_paren(i)}")
-                       .removeprefix("0 + ") for i, t in zip(idx, v.attrs["index"])]
-            v = x
-        return lin if lin is not None else self.linear(idx, v.shape)
+        """Offset into the flat buffer under ``v``'s views of the element at ``idx`` of ``v``: the
+        layout's view of ``v`` (common/layout.py), ``offset + sum(idx[k] * stride[k])``. Past a
+        reshape that strides cannot express, that offset is a row-major index into the reshape's
+        input: unflattened into its index there, and on down."""
+        view, under = local_view(v)
+        if view.contiguous() and view.offset == ZERO:
+            e = self.linear(idx, view.shape)
+        else:
+            terms = [] if view.offset == ZERO else [self.form(view.offset)]
+            for i, d, st in zip(idx, view.shape, view.strides):
+                if d != 1 and st != ZERO and i != "0":
+                    terms.append(i if st == ONE else f"{_paren(i)} * {_paren(self.form(st))}")
+            e = " + ".join(terms).replace("+ -", "- ") or "0"
+        return e if under is None else self.offset(under, self.unflatten(e, under.shape))
 
     def load(self, v: Node, idx: list[str]) -> str:
         b = base_of(v)[0]
@@ -231,27 +228,30 @@ class KernelWriter(ScalarLowering):
     def math(self, text: str, n: Node) -> str:
         return device_name(text, n.dtype)
 
-    # -- values ------------------------------------------------------------------------------
-    def checked(self, n: Node, index: str) -> str:
-        """``index``, range-checked when ``n``'s index is computed in the graph: out of range, the
-        thread records the check's number and the value in ``E`` and reads index 0 instead; the
-        step looks at ``E`` before it commits any update."""
+    # -- the hooks of ScalarLowering.checked (the step looks at ``E`` before it commits) ----------
+    def check_number(self, n: Node) -> str | None:
         if n.id not in self.checked_ids:
-            return _paren(index)
+            return None
         ids = [m.id for m in self.sites]  # (not `in`: == on nodes builds a graph op)
         if n.id not in ids:
             self.sites.append(n)
             ids.append(n.id)
-        self.code.checks = True
-        var = self.namer.fresh("ix")
-        self.s(f"{var} = {index}")
-        with self.s.block(f"if {var} < 0 or {var} >= {self.d(n.op.extra['index_bound'](n))}:"):
-            with self.s.block("if E[0] == 0:"):  # the first failure is the one reported
-                self.s(f"E[0] = {ids.index(n.id) + 1}")
-                self.s(f"E[1] = {var}")
-            self.s(f"{var} = 0")
-        return var
+        return str(ids.index(n.id) + 1)
 
+    def error_word(self) -> str:
+        self.code.checks = True
+        return "E"
+
+    def dim(self, d) -> str:
+        return self.d(d)
+
+    def fresh(self, prefix: str) -> str:
+        return self.namer.fresh(prefix)
+
+    def statements(self) -> Source:
+        return self.s
+
+    # -- values ------------------------------------------------------------------------------
     def acc(self, n: Node) -> str:
         """The accumulator of reduction ``n``."""
         return self.namer.name("acc", n.id)
