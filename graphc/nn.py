@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from . import init as ginit
-from . import ops
+from . import mpi, ops
 from .errors import ShapeError
 from .graph import toposort
 from .ir import Node, as_node, param
@@ -277,9 +277,11 @@ class LayerNorm(Module):
 class Dropout(Module):
     """Zero each element with probability ``p`` in training and scale the rest by 1/(1-p);
     the identity in evaluation. The mask is a pure function of the key param (``seed`` at
-    first, advanced by each step), the layer's name and the call, so a run is reproducible
-    from its seed. Automatic names count the layers made so far in the process: name the
-    layer to get the same masks from a model built twice in one process.
+    first, advanced by each step), the layer's name, the call and the MPI rank, so a run is
+    reproducible from its seed, and in data-parallel training (``gc.distributed.init()`` before
+    the model is built) each rank draws its own masks while the key stays the same on every rank
+    (one checkpoint resumes them all). Automatic names count the layers made so far in the
+    process: name the layer to get the same masks from a model built twice in one process.
 
     >>> drop = gc.nn.Dropout(0.1, seed=0, name="drop1"); h = drop(h, train=True)
     """
@@ -296,7 +298,8 @@ class Dropout(Module):
         if not train or self.p == 0:
             return x
         # a layer called twice in one graph (an unrolled loop) draws new numbers each time
-        u = ops.random_uniform(self.key, x.shape, salt=self._salt + 7919 * self.calls, dtype=x.dtype)
+        salt = self._salt + 7919 * self.calls + 104729 * mpi.rank()  # (rank 0 alone: as without MPI)
+        u = ops.random_uniform(self.key, x.shape, salt=salt, dtype=x.dtype)
         self.calls += 1
         return ops.where(u >= self.p, x * (1.0 / (1.0 - self.p)), 0.0)
 

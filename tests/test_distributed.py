@@ -192,6 +192,28 @@ for _ in range(1000):
     assert "rank 1 of 2 failed" in res.stderr
 
 
+@needs_mpi
+def test_each_rank_draws_its_own_dropout_masks(tmp_path):
+    """As in DDP: the ranks' dropout masks differ (the rank is mixed into the salt), while the key
+    param, which checkpoints save, stays the same on every rank."""
+    res = mpirun(tmp_path, """
+import numpy as np
+import graphc as gc
+rank, size = gc.distributed.init()
+x = gc.input("x", (4, 64))
+drop = gc.nn.Dropout(0.5, seed=3, name="drop")
+f = gc.function([x], drop(x, train=True), updates=gc.nn.state_updates(drop(x, train=True)))
+mask = (f(np.ones((4, 64), np.float32)) != 0).astype(np.int8)
+every = gc.distributed.comm().allgather(mask)
+keys = gc.distributed.comm().allgather(int(drop.key.value))
+assert not np.array_equal(every[0], every[1]), "same masks on both ranks"
+assert keys[0] == keys[1]
+print("ok", rank)
+""")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("ok") == 2
+
+
 def test_alone_the_distributed_step_is_the_plain_one():
     """Outside mpiexec: init gives (0, 1), all-reduces are the identity, and distributed=True
     trains exactly as without."""
