@@ -10,42 +10,22 @@ simulator runs one OS thread per CUDA thread (~90 us each)."""
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_sim import ACTIVE, needs_cuda, run_on_simulator
 from numba import config
 from test_ops_grad import CASES, _draw, _inputs
 from test_ops_shape import CASES as SHAPE_CASES
 
 import graphc as gc
 
-
-def _gpu() -> bool:
-    try:
-        from numba import cuda
-        return not config.ENABLE_CUDASIM and cuda.is_available()
-    except Exception:  # no numba.cuda at all
-        return False
-
-
-ACTIVE = bool(config.ENABLE_CUDASIM) or _gpu()  # can this process run CUDA kernels?
-needs_cuda = pytest.mark.skipif(not ACTIVE, reason="runs in the simulator child (test_on_the_simulator) or on a GPU")
 RNG = np.random.default_rng(0)
 
 
 def test_on_the_simulator(tmp_path):
     """This file's tests, in a child process with the simulator."""
-    if ACTIVE:
-        pytest.skip("this process runs the CUDA tests itself")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", GRAPHC_CACHE_DIR=str(tmp_path))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))]
-    res = subprocess.run(cmd, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
-    assert " passed" in res.stdout.splitlines()[-1]
+    run_on_simulator(__file__, tmp_path)
 
 
 def test_without_a_gpu_the_error_names_the_simulator():

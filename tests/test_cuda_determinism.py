@@ -18,34 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from numba import config
+from cuda_sim import needs_cuda, run_on_simulator
 
 import graphc as gc
 from graphc import nn, optim
 
-
-def _gpu() -> bool:
-    try:
-        from numba import cuda
-        return not config.ENABLE_CUDASIM and cuda.is_available()
-    except Exception:  # no numba.cuda at all
-        return False
-
-
-ACTIVE = bool(config.ENABLE_CUDASIM) or _gpu()
-needs_cuda = pytest.mark.skipif(not ACTIVE, reason="runs in the simulator child (test_on_the_simulator) or on a GPU")
 ROOT = Path(__file__).parents[1]
 
 
 def test_on_the_simulator(tmp_path):
     """This file's tests, in a child process with the simulator."""
-    if ACTIVE:
-        pytest.skip("this process runs the CUDA tests itself")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", GRAPHC_CACHE_DIR=str(tmp_path))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))]
-    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
-    assert " passed" in res.stdout.splitlines()[-1]
+    run_on_simulator(__file__, tmp_path)
 
 
 def mlp_adam():

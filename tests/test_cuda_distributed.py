@@ -11,48 +11,26 @@ As in test_cuda_backend.py: when this process has neither the simulator nor a GP
 Shapes stay tiny: the simulator runs one OS thread per CUDA thread."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
+from cuda_sim import needs_cuda, run_on_simulator
+from mpi_job import mpirun, needs_mpi
 from numba import config
 
 import graphc as gc
 
-ROOT = Path(__file__).resolve().parents[1]
+SIMULATOR = "1" if config.ENABLE_CUDASIM else "0"  # the ranks run CUDA as this process does
 
 
-def _gpu() -> bool:
-    try:
-        from numba import cuda
-        return not config.ENABLE_CUDASIM and cuda.is_available()
-    except Exception:  # no numba.cuda at all
-        return False
 
-
-ACTIVE = bool(config.ENABLE_CUDASIM) or _gpu()  # can this process run CUDA kernels?
-needs_cuda = pytest.mark.skipif(not ACTIVE, reason="runs in the simulator child (test_on_the_simulator) or on a GPU")
-HAVE_MPI = shutil.which("mpiexec") is not None and importlib.util.find_spec("mpi4py") is not None
-needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="mpi4py or mpiexec missing: pip install 'graphc[mpi]'")
 
 
 def test_on_the_simulator(tmp_path):
     """This file's tests, in a child process with the simulator."""
-    if ACTIVE:
-        pytest.skip("this process runs the CUDA tests itself")
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", GRAPHC_CACHE_DIR=str(tmp_path))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__))]
-    res = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
-    assert " passed" in res.stdout.splitlines()[-1]
+    run_on_simulator(__file__, tmp_path)
 
 
 # The model: an MLP small enough for the simulator (8x8 matmul tiles).
@@ -188,17 +166,6 @@ def test_failed_index_check_with_collectives_leaves_params_unchanged():
         np.testing.assert_allclose(a.value, b.value, rtol=1e-5, atol=1e-6)
 
 
-def mpirun(tmp_path: Path, code: str, n: int = 2, timeout: int = 120) -> subprocess.CompletedProcess:
-    script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(code))
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               NUMBA_ENABLE_CUDASIM="1" if config.ENABLE_CUDASIM else "0",  # as this process runs CUDA
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               GRAPHC_CACHE_DIR=os.environ.get("GRAPHC_CACHE_DIR", str(tmp_path / "cache")))
-    cmd = [shutil.which("mpiexec"), "-n", str(n), sys.executable, str(script)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
-
-
 @needs_cuda
 @needs_mpi
 def test_two_ranks_match_one_process_on_the_full_batch(tmp_path):
@@ -223,7 +190,7 @@ for opt_name in ("sgd", "adam"):
     result[opt_name] = {{"losses": mean, "params": params}}
 if rank == 0:
     open({str(out)!r}, "w").write(json.dumps(result))
-""")
+""", timeout=120, NUMBA_ENABLE_CUDASIM=SIMULATOR)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result) == {"sgd", "adam"}
@@ -254,7 +221,7 @@ for _ in range(20):
         f(np.array([7 if rank == 1 else 1, 2]))
     except gc.GraphcError:
         print("caught", flush=True)
-""")
+""", timeout=120, NUMBA_ENABLE_CUDASIM=SIMULATOR)
     assert res.returncode != 0 and "caught" not in res.stdout
     assert "take (job.py:7): index 10 is out of range [0, 10)" in res.stderr
     assert "rank 1 of 2 failed" in res.stderr

@@ -4,32 +4,15 @@ nor change params. The multi-rank tests start ``mpiexec -n 2`` in a subprocess w
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mpi_job import mpirun, needs_mpi
 
 import graphc as gc
 
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_MPI = shutil.which("mpiexec") is not None and __import__("importlib.util").util.find_spec("mpi4py") is not None
-needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="mpi4py or mpiexec missing: pip install 'graphc[mpi]'")
-TIMEOUT = 240
-
-
-def mpirun(tmp_path: Path, code: str, n: int = 2, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
-    script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(code))
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               GRAPHC_CACHE_DIR=os.environ.get("GRAPHC_CACHE_DIR", str(tmp_path / "cache")))
-    cmd = [shutil.which("mpiexec"), "-n", str(n)] + (["--oversubscribe"] if n > 2 else []) + [sys.executable, str(script)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
 
 
 # The model both sides train: an MLP on fixed random data, global batch 32.
